@@ -1,0 +1,1 @@
+"""The ``diffusionsat`` command line."""

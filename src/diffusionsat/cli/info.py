@@ -1,0 +1,33 @@
+"""``diffusionsat info``: versions, devices and the model card of a model."""
+
+from __future__ import annotations
+
+import platform
+
+import click
+
+from .. import __version__
+from ..loading import default_model_path, has_default_model, model_version, read_model_card, resolve_model
+from .main import cli
+
+
+@cli.command()
+@click.option("--model", default=None, help="Model folder (default: the embedded model).")
+def info(model):
+    """Show versions, the compute device and the model card of the (default) model."""
+    import diffusers
+    import torch
+    import transformers
+
+    click.echo(f"diffusionsat {__version__}")
+    click.echo(f"python {platform.python_version()}  torch {torch.__version__}  diffusers {diffusers.__version__}  "
+               f"transformers {transformers.__version__}")
+    cuda = torch.cuda.is_available()
+    click.echo(f"device: {'cuda (' + torch.cuda.get_device_name(0) + ')' if cuda else 'cpu'}, threads {torch.get_num_threads()}")
+    click.echo(f"default model: {default_model_path()} ({'present' if has_default_model() else 'not shipped'})")
+    if model is None and not has_default_model():
+        return
+    location = resolve_model(model)
+    click.echo(f"model: {location}  version {model_version(location)}")
+    card = read_model_card(location)
+    click.echo(card if card else "(this model folder has no MODEL_CARD.md)")

@@ -1,0 +1,87 @@
+"""``diffusionsat`` command line: one thin module per subcommand (parse → library → print).
+
+Exit codes (SPEC §6): 0 ok, 2 bad input (one-line message, no traceback), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from .. import __version__
+
+BAD_INPUT = 2
+INTERNAL_ERROR = 1
+
+#: Errors that mean "the user gave something wrong": reported in one line, exit code 2.
+INPUT_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
+
+
+class InputError(click.ClickException):
+    """Bad input detected by a subcommand; printed as one line with exit code 2."""
+
+    exit_code = BAD_INPUT
+
+    def show(self, file=None) -> None:  # one line, no usage block
+        click.echo(f"error: {self.format_message()}", err=True, file=file)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="diffusionsat")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
+def cli(verbose: bool) -> None:
+    """DiffusionSat: generate, enhance and fill satellite imagery with text + metadata diffusion."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _register() -> None:
+    from . import generate, info  # noqa: F401  (each module adds its command to `cli`)
+
+    for optional in ("prepare_data", "train", "evaluate", "serve", "conditional", "convert"):
+        try:
+            __import__(f"{__package__}.{optional}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{__package__}.{optional}":
+                raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI and turn errors into the documented exit codes."""
+    _register()
+    debug = os.environ.get("DIFFUSIONSAT_DEBUG") == "1"
+    try:
+        cli.main(args=argv, prog_name="diffusionsat", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return INTERNAL_ERROR
+    except click.ClickException as err:
+        err.show()
+        return err.exit_code
+    except INPUT_ERRORS as err:
+        if debug:
+            raise
+        click.echo(f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", err=True)
+        return BAD_INPUT
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+    except Exception as err:  # noqa: BLE001 - last-resort handler of the CLI
+        if debug:
+            raise
+        click.echo(f"internal error: {type(err).__name__}: {err} (set DIFFUSIONSAT_DEBUG=1 for a traceback)", err=True)
+        return INTERNAL_ERROR
+    return 0
+
+
+def run() -> None:  # pragma: no cover - console script wrapper
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Text+metadata generation as one library call shared by the CLI and the server."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .metadata import SatMetadata
+from .outputs import GenerationRecord, OutputPaths, save_generated
+from .schedulers import make_scheduler, scheduler_name
+
+MAX_IMAGES = 64
+MAX_SIDE = 2048
+
+
+@dataclass
+class GenerationRequest:
+    """What to generate; validated in :meth:`validate` before any model is loaded."""
+
+    prompt: str
+    metadata: SatMetadata
+    seed: int | None = None
+    steps: int = 25
+    guidance_scale: float = 3.0
+    metadata_guidance_scale: float | None = None
+    negative_prompt: str | None = None
+    scheduler: str | None = None
+    width: int | None = None
+    height: int | None = None
+    num_images: int = 1
+
+    def validate(self) -> GenerationRequest:
+        if not isinstance(self.prompt, str):
+            raise ValueError("prompt: must be a string")
+        if not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
+            raise ValueError(f"steps={self.steps!r}: out of range; allowed [1, 1000]")
+        for name in ("guidance_scale", "metadata_guidance_scale"):
+            value = getattr(self, name)
+            if value is not None and not (0.0 <= float(value) <= 50.0):
+                raise ValueError(f"{name}={value!r}: out of range; allowed [0, 50]")
+        if not isinstance(self.num_images, int) or not 1 <= self.num_images <= MAX_IMAGES:
+            raise ValueError(f"num_images={self.num_images!r}: out of range; allowed [1, {MAX_IMAGES}]")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or not 8 <= value <= MAX_SIDE or value % 8):
+                raise ValueError(f"{name}={value!r}: must be a multiple of 8 in [8, {MAX_SIDE}]")
+        if self.scheduler is not None:
+            from .schedulers import SCHEDULERS
+
+            if self.scheduler.lower() not in SCHEDULERS:
+                raise ValueError(f"scheduler={self.scheduler!r}: unknown; choose one of {', '.join(SCHEDULERS)}")
+        if self.seed is not None and not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):
+            raise ValueError(f"seed={self.seed!r}: must be an integer in [0, 2^63)")
+        return self
+
+    def seeds(self) -> list[int]:
+        """One seed per image (``seed + i``), so each image can be reproduced on its own."""
+        base = self.seed if self.seed is not None else random.SystemRandom().randrange(2**31)
+        self.seed = base
+        return [base + i for i in range(self.num_images)]
+
+
+def generate_images(pipe, request: GenerationRequest, callback: Callable[[int, int, torch.Tensor], None] | None = None):
+    """Run the pipeline for ``request``; returns (PIL images, per-image seeds, scheduler name)."""
+    request.validate()
+    if request.scheduler is not None:
+        pipe.scheduler = make_scheduler(request.scheduler, pipe.scheduler)
+    seeds = request.seeds()
+    device = pipe._execution_device
+    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    result = pipe(
+        request.prompt,
+        metadata=request.metadata,
+        height=request.height,
+        width=request.width,
+        num_inference_steps=request.steps,
+        guidance_scale=request.guidance_scale,
+        metadata_guidance_scale=request.metadata_guidance_scale,
+        negative_prompt=request.negative_prompt,
+        num_images_per_prompt=request.num_images,
+        generator=generators,
+        callback=callback,
+    )
+    return result.images, seeds, scheduler_name(pipe.scheduler)
+
+
+def save_images(
+    images,
+    seeds: list[int],
+    request: GenerationRequest,
+    paths: list[OutputPaths],
+    *,
+    model: str,
+    model_version: str | None,
+    scheduler: str,
+    overwrite: bool = False,
+) -> list[OutputPaths]:
+    """Write each image with its sidecar (and GeoTIFF when its path is set)."""
+    written = []
+    for image, seed, path in zip(images, seeds, paths):
+        record = GenerationRecord(
+            prompt=request.prompt,
+            metadata=request.metadata,
+            seed=seed,
+            steps=request.steps,
+            guidance_scale=request.guidance_scale,
+            metadata_guidance_scale=request.metadata_guidance_scale,
+            negative_prompt=request.negative_prompt,
+            scheduler=scheduler,
+            width=image.size[0],
+            height=image.size[1],
+            model=model if not Path(model).exists() else Path(model).name,
+        )
+        written.append(save_generated(image, path, record, model_version=model_version, overwrite=overwrite))
+    return written

@@ -1,0 +1,149 @@
+"""Generated images on disk: PNG (+ GeoTIFF) + a JSON sidecar that reproduces them (SPEC §5)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+
+from .fileio import atomic_path, check_writable
+from .geo import grid_for_center, write_geotiff
+from .metadata import SatMetadata
+
+
+@dataclass
+class OutputPaths:
+    """The files of one generated image."""
+
+    png: Path
+    sidecar: Path
+    geotiff: Path | None = None
+
+    def all(self) -> list[Path]:
+        return [p for p in (self.png, self.sidecar, self.geotiff) if p is not None]
+
+
+@dataclass
+class GenerationRecord:
+    """Everything needed to reproduce one image; written as its JSON sidecar."""
+
+    prompt: str
+    metadata: SatMetadata
+    seed: int
+    steps: int
+    guidance_scale: float
+    scheduler: str
+    width: int
+    height: int
+    model: str
+    task: str = "generate"
+    negative_prompt: str | None = None
+    metadata_guidance_scale: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self, model_version: str | None = None) -> dict[str, Any]:
+        from . import __version__
+
+        return {
+            "task": self.task,
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "metadata": self.metadata.to_dict(),
+            "metadata_normalized": list(self.metadata.normalize()),
+            "seed": self.seed,
+            "steps": self.steps,
+            "guidance_scale": self.guidance_scale,
+            "metadata_guidance_scale": self.metadata_guidance_scale,
+            "scheduler": self.scheduler,
+            "width": self.width,
+            "height": self.height,
+            "model": self.model,
+            "model_version": model_version,
+            "diffusionsat_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            **self.extra,
+        }
+
+
+def output_paths(out: str | os.PathLike, count: int, geotiff: bool) -> list[OutputPaths]:
+    """File names for ``count`` images: ``out.png`` or ``out_0.png``, ``out_1.png``, … ."""
+    base = Path(out)
+    if base.suffix.lower() in (".png", ".tif", ".tiff", ".json"):
+        base = base.with_suffix("")
+    stems = [base] if count == 1 else [base.with_name(f"{base.name}_{i}") for i in range(count)]
+    return [
+        OutputPaths(png=s.with_suffix(".png"), sidecar=s.with_suffix(".json"), geotiff=s.with_suffix(".tif") if geotiff else None)
+        for s in stems
+    ]
+
+
+def next_free_name(folder: str | os.PathLike = ".", prefix: str = "generated") -> Path:
+    """``generated-1.png``, ``generated-2.png``, … : the first name not taken in ``folder``."""
+    i = 1
+    while True:
+        candidate = Path(folder) / f"{prefix}-{i}"
+        if not any(candidate.with_suffix(s).exists() for s in (".png", ".json", ".tif")):
+            return candidate.with_suffix(".png")
+        i += 1
+
+
+def check_outputs(paths: Sequence[OutputPaths], overwrite: bool) -> None:
+    """Fail before any work if any output exists (unless ``overwrite``) or cannot be written."""
+    check_writable([p for op in paths for p in op.all()], overwrite=overwrite)
+
+
+def to_uint8(image: PIL.Image.Image | np.ndarray) -> np.ndarray:
+    """(H, W, C) uint8 from a PIL image or a float array in [0, 1]."""
+    if isinstance(image, PIL.Image.Image):
+        return np.asarray(image.convert("RGB"))
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return arr
+
+
+def save_generated(
+    image: PIL.Image.Image | np.ndarray,
+    paths: OutputPaths,
+    record: GenerationRecord,
+    *,
+    model_version: str | None = None,
+    crs: Any = None,
+    transform: Any = None,
+    overwrite: bool = False,
+) -> OutputPaths:
+    """Write one image's PNG, optional GeoTIFF and sidecar, each atomically.
+
+    For a GeoTIFF without an input grid (``crs``/``transform``), the image is placed at the
+    metadata's lat/lon with its GSD in the local UTM zone.
+    """
+    pixels = to_uint8(image)
+    sidecar = record.to_json(model_version)
+    if paths.geotiff is not None:
+        if crs is None or transform is None:
+            md = record.metadata
+            if md.lat is None or md.lon is None or md.gsd is None:
+                raise ValueError("a GeoTIFF from metadata alone needs lat, lon and gsd")
+            crs, transform = grid_for_center(md.lon, md.lat, md.gsd, pixels.shape[1], pixels.shape[0])
+        write_geotiff(
+            paths.geotiff,
+            pixels,
+            crs,
+            transform,
+            band_descriptions=["red", "green", "blue"][: pixels.shape[2]],
+            tags={"diffusionsat": json.dumps({k: sidecar[k] for k in ("prompt", "seed", "model")})},
+            overwrite=overwrite,
+        )
+        sidecar["geotiff"] = {"path": paths.geotiff.name, "crs": str(crs), "transform": list(transform)[:6]}
+    with atomic_path(paths.png, overwrite=overwrite) as tmp:
+        PIL.Image.fromarray(pixels).save(tmp, format="PNG")
+    with atomic_path(paths.sidecar, overwrite=overwrite) as tmp:
+        tmp.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+    return paths
