@@ -1,0 +1,140 @@
+"""DiffusionSatPipeline: determinism, CFG, schedulers, batching, save/load (SPEC §3)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL
+
+from diffusionsat import DiffusionSatPipeline, SatMetadata
+from diffusionsat.models.presets import OUR_UNKNOWN_VALUE, build_pipeline
+from diffusionsat.pipelines.pipeline_diffusionsat import combine_guidance
+from diffusionsat.schedulers import SCHEDULERS, make_scheduler
+
+MD = SatMetadata(lat=47.0, lon=-99.2, gsd=5.0, year=2019, month=7, day=15)
+
+
+def run(pipe, seed=0, **kwargs):
+    kwargs.setdefault("num_inference_steps", 4)
+    kwargs.setdefault("output_type", "np")
+    return pipe("a satellite image of farmland", metadata=kwargs.pop("metadata", MD),
+                generator=torch.Generator().manual_seed(seed), **kwargs).images
+
+
+def test_seeded_generation_is_deterministic(tiny_pipeline):
+    a, b, c = run(tiny_pipeline, 0), run(tiny_pipeline, 0), run(tiny_pipeline, 1)
+    assert a.shape == (1, 16, 16, 3) and a.dtype == np.float32
+    assert a.min() >= 0.0 and a.max() <= 1.0
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-3
+
+
+def test_cfg_on_off_and_metadata_guidance_change_output(tiny_pipeline):
+    off = run(tiny_pipeline, guidance_scale=1.0)
+    on = run(tiny_pipeline, guidance_scale=5.0)
+    three = run(tiny_pipeline, guidance_scale=5.0, metadata_guidance_scale=2.0)
+    assert np.abs(off - on).max() > 1e-4
+    assert np.abs(on - three).max() > 1e-4
+    negative = run(tiny_pipeline, guidance_scale=5.0, negative_prompt="water")
+    assert np.abs(on - negative).max() > 1e-4
+
+
+def test_metadata_changes_the_image(tiny_pipeline):
+    summer = run(tiny_pipeline, metadata=MD)
+    winter = run(tiny_pipeline, metadata=MD.replace(month=1))
+    unknown = run(tiny_pipeline, metadata=None)
+    assert np.abs(summer - winter).max() > 1e-5
+    assert np.abs(summer - unknown).max() > 1e-5
+
+
+def test_unconditional_branch_uses_models_unknown_value(tiny_pipeline, monkeypatch):
+    seen = []
+    original = tiny_pipeline.unet.forward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["metadata"].clone())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_pipeline.unet, "forward", spy)
+    run(tiny_pipeline, guidance_scale=4.0, num_inference_steps=1)
+    md = seen[0]
+    assert md.shape == (2, 7)
+    assert torch.all(md[0] == OUR_UNKNOWN_VALUE)
+    assert torch.allclose(md[1], torch.tensor(MD.normalize(OUR_UNKNOWN_VALUE), dtype=torch.float32))
+
+
+def test_combine_guidance_formulas():
+    u, t, c = torch.zeros(1, 1), torch.ones(1, 1), torch.full((1, 1), 3.0)
+    assert combine_guidance(torch.cat([u, c]), 2.0, None).item() == pytest.approx(6.0)
+    assert combine_guidance(torch.cat([u, t, c]), 2.0, 0.5).item() == pytest.approx(2.0 + 0.5 * 2.0)
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_every_scheduler_swaps_in(tiny_pipeline, name):
+    tiny_pipeline.scheduler = make_scheduler(name, tiny_pipeline.scheduler)
+    image = run(tiny_pipeline, num_inference_steps=10)
+    assert image.shape == (1, 16, 16, 3) and np.isfinite(image).all()
+
+
+def test_batches_broadcast_metadata_and_images_per_prompt(tiny_pipeline):
+    out = tiny_pipeline(["farmland", "a river"], metadata=MD, num_images_per_prompt=3, num_inference_steps=2,
+                        output_type="pt").images
+    assert out.shape == (6, 3, 16, 16)
+    per_prompt = tiny_pipeline(["farmland", "a river"], metadata=[MD, {"lat": -8.4, "lon": -74.4}],
+                               num_inference_steps=2, output_type="pil").images
+    assert len(per_prompt) == 2 and per_prompt[0].size == (16, 16)
+    latents = tiny_pipeline("farmland", MD, num_inference_steps=2, output_type="latent").images
+    assert latents.shape == (1, 3, 16, 16)
+    normalised = torch.tensor([MD.normalize(OUR_UNKNOWN_VALUE)])
+    np.testing.assert_allclose(run(tiny_pipeline, metadata=normalised), run(tiny_pipeline), atol=1e-6)
+
+
+def test_bad_inputs_are_clear_errors(tiny_pipeline):
+    with pytest.raises(ValueError, match="height=15: must be a positive multiple of 2"):
+        tiny_pipeline("x", height=15, num_inference_steps=1)
+    with pytest.raises(ValueError, match="3 metadata entries for 2 prompts"):
+        tiny_pipeline(["a", "b"], metadata=[MD, MD, MD], num_inference_steps=1)
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        tiny_pipeline("x", num_inference_steps=0)
+    with pytest.raises(ValueError, match="lat"):
+        tiny_pipeline("x", metadata={"lat": 123}, num_inference_steps=1)
+    with pytest.raises(ValueError, match="output_type"):
+        tiny_pipeline("x", num_inference_steps=1, output_type="jpeg")
+
+
+def test_save_load_round_trip_is_identical(tiny_pipeline, tmp_path):
+    before = run(tiny_pipeline, guidance_scale=3.0)
+    tiny_pipeline.save_pretrained(tmp_path / "model")
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [
+        "model_index.json", "scheduler", "text_encoder", "tokenizer", "unet"]
+    assert not list((tmp_path / "model").rglob("*.bin")), "safetensors only"
+    loaded = DiffusionSatPipeline.from_pretrained(tmp_path / "model")
+    loaded.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(before, run(loaded, guidance_scale=3.0))
+
+
+def test_latent_pipeline_with_vae(tmp_path):
+    pixel = build_pipeline("tiny", ["farmland"], seed=0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 16),
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=8, sample_size=32)
+    unet_config = dict(pixel.unet.config)
+    unet_config.update(in_channels=4, out_channels=4, sample_size=8)
+    unet = type(pixel.unet).from_config(unet_config)
+    pipe = DiffusionSatPipeline(vae=vae, text_encoder=pixel.text_encoder, tokenizer=pixel.tokenizer, unet=unet,
+                                scheduler=pixel.scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.vae_scale_factor == 2 and pipe.default_size == 16
+    image = run(pipe)
+    assert image.shape == (1, 16, 16, 3)
+    pipe.save_pretrained(tmp_path / "latent")
+    again = DiffusionSatPipeline.from_pretrained(tmp_path / "latent")
+    again.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(image, run(again))
+
+
+def test_callback_sees_every_step(tiny_pipeline):
+    steps = []
+    tiny_pipeline("x", num_inference_steps=5, callback=lambda i, t, latents: steps.append(i))
+    assert steps == list(range(5))
