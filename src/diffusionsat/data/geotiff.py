@@ -1,0 +1,480 @@
+"""GeoTIFF scenes cut into chips, each with the metadata the raster itself supports.
+
+Any GeoTIFF readable by rasterio: any band count, uint8/uint16/int/float, nodata values, alpha or
+mask bands, any CRS (also without an EPSG code). For every chip:
+
+- ``lon``/``lat``: the chip centre, reprojected from the raster CRS with pyproj;
+- ``gsd``: metres per pixel from the transform (:func:`diffusionsat.geo.gsd_metres`), scaled
+  when the chip is resized (SPEC §1); a GSD beyond the model's (0, 1000] m is recorded as unknown;
+- date and cloud cover: :func:`diffusionsat.data.dates.date_for_file` (sidecar, MTL, tags, the
+  user's file-name pattern, Landsat IDs);
+- chips with more than ``max_nodata`` of nodata pixels are skipped.
+
+Pixels keep their native dtype in a :class:`Chip`; :meth:`Chip.to_sample` maps them to [-1, 1]
+with the scene's ``pixel_range`` (dtype range for 8-bit, 2nd–98th percentile per band otherwise,
+computed once per scene so that all its chips share one scale).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import geo
+from ..metadata import SatMetadata
+from .captions import AUTO_TEMPLATE, CaptionTemplate, caption_fields, land_cover_words
+from .dates import Acquisition, date_for_file
+from .errors import DataError
+
+logger = logging.getLogger(__name__)
+
+#: Extensions treated as rasters when a folder is given.
+RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt")
+
+#: Common band-name orders used to find red/green/NIR for land-cover words.
+_NIR_ALIASES = ("nir", "b08", "b8", "near infrared", "nir08", "b5")
+
+
+def _silence_rasterio() -> None:
+    warnings.filterwarnings("ignore", category=Warning, module="rasterio")
+    logging.getLogger("rasterio").setLevel(logging.ERROR)
+
+
+@dataclass
+class RasterInfo:
+    """What a raster file is: size, bands, CRS, transform, nodata, date; validated on open."""
+
+    path: Path
+    width: int
+    height: int
+    count: int
+    dtype: str
+    nodata: float | None
+    crs_wkt: str | None
+    transform: Any
+    bands: list[int]
+    band_names: list[str]
+    tags: dict[str, str]
+    acquisition: Acquisition
+    pixel_range: tuple[list[float], list[float]] = field(default_factory=lambda: ([], []))
+
+    @property
+    def georeferenced(self) -> bool:
+        return self.crs_wkt is not None
+
+
+def _has_georeference(src: Any) -> bool:
+    from rasterio.transform import Affine
+
+    return src.crs is not None and src.transform != Affine.identity()
+
+
+def parse_bands(bands: str | Sequence[int | str] | None) -> list[int | str] | None:
+    """``"1,2,3"`` or ``"B04,B03,B02"`` → ``[1, 2, 3]`` / ``["B04", "B03", "B02"]``."""
+    if bands is None:
+        return None
+    items = [b.strip() for b in bands.split(",")] if isinstance(bands, str) else list(bands)
+    out: list[int | str] = []
+    for item in items:
+        if isinstance(item, str) and item.isdigit():
+            out.append(int(item))
+        elif item in ("", None):
+            raise ValueError(f"bands={bands!r}: empty band name")
+        else:
+            out.append(item)
+    return out
+
+
+def _resolve_bands(path: Path, src: Any, bands: Sequence[int | str] | None) -> list[int]:
+    if bands is None:
+        return list(range(1, src.count + 1))
+    names = [(d or "").upper() for d in src.descriptions]
+    out = []
+    for band in bands:
+        if isinstance(band, int):
+            if not 1 <= band <= src.count:
+                raise DataError(path, f"band {band} requested but the file has {src.count} band"
+                                      f"{'s' if src.count != 1 else ''} (allowed 1–{src.count})")
+            out.append(band)
+        else:
+            if band.upper() not in names:
+                known = ", ".join(d for d in src.descriptions if d) or "none"
+                raise DataError(path, f"band {band!r} not found; band descriptions in the file: {known}")
+            out.append(names.index(band.upper()) + 1)
+    return out
+
+
+def scene_pixel_range(src: Any, bands: Sequence[int], dtype: str) -> tuple[list[float], list[float]]:
+    """Per-band (low, high) that maps to (-1, 1): the dtype range for 8-bit data, else the
+    2nd/98th percentile of valid pixels on a decimated read (≤ 512 px) of the whole scene."""
+    if dtype == "uint8":
+        return [0.0] * len(bands), [255.0] * len(bands)
+    scale = max(1, math.ceil(max(src.width, src.height) / 512))
+    shape = (max(1, src.height // scale), max(1, src.width // scale))
+    data = src.read(bands, out_shape=(len(bands), *shape), masked=True)
+    lows, highs = [], []
+    for band in data:
+        valid = band.compressed().astype(np.float64)
+        valid = valid[np.isfinite(valid)]
+        if valid.size == 0:
+            lows.append(0.0)
+            highs.append(1.0)
+            continue
+        lo, hi = np.percentile(valid, [2, 98])
+        if hi <= lo:
+            hi = lo + 1.0
+        lows.append(float(lo))
+        highs.append(float(hi))
+    return lows, highs
+
+
+def open_raster(
+    path: str | os.PathLike,
+    *,
+    bands: str | Sequence[int | str] | None = None,
+    expected_bands: int | None = None,
+    require_georeference: bool = True,
+    date_pattern: str | None = None,
+    pixel_range: str | tuple[Sequence[float], Sequence[float]] = "auto",
+    band_names: str | Sequence[str] | None = None,
+) -> RasterInfo:
+    """Open and validate a raster; every problem raises :class:`DataError` naming the file.
+
+    Checks: readable, georeferenced (unless ``require_georeference=False``), the requested bands
+    exist, the band count matches ``expected_bands``, the decimated pixels can be read and are not
+    all nodata. ``band_names`` (e.g. ``"red,green,blue,nir"``) names the selected bands where the
+    file does not; a band named ``nir`` enables land-cover words in captions.
+    """
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    _silence_rasterio()
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, "file not found")
+    if path.is_dir():
+        raise DataError(path, "is a folder, expected a raster file")
+    try:
+        with rasterio.open(path) as src:
+            if require_georeference and not _has_georeference(src):
+                raise DataError(path, "no georeference (no CRS or geotransform); lat/lon and GSD cannot be "
+                                      "derived. Add a CRS, or use a manifest with lat/lon/gsd columns")
+            band_list = _resolve_bands(path, src, parse_bands(bands))
+            if expected_bands is not None and len(band_list) != expected_bands:
+                raise DataError(path, f"has {len(band_list)} band{'s' if len(band_list) != 1 else ''}, "
+                                      f"expected {expected_bands}")
+            dtype = src.dtypes[band_list[0] - 1]
+            if pixel_range == "auto":
+                lows, highs = scene_pixel_range(src, band_list, dtype)
+            else:
+                lows, highs = (list(map(float, pixel_range[0])), list(map(float, pixel_range[1])))
+            small = src.dataset_mask(out_shape=(min(src.height, 256), min(src.width, 256)))
+            if not small.any():
+                raise DataError(path, f"every pixel is nodata (nodata={src.nodata})")
+            descriptions = [src.descriptions[b - 1] or f"band {b}" for b in band_list]
+            if band_names is not None:
+                names = [n.strip() for n in band_names.split(",")] if isinstance(band_names, str) else list(band_names)
+                if len(names) != len(band_list):
+                    raise DataError(path, f"{len(names)} band names given for {len(band_list)} bands")
+                descriptions = names
+            info = RasterInfo(
+                path=path, width=src.width, height=src.height, count=src.count, dtype=dtype,
+                nodata=src.nodata, crs_wkt=src.crs.to_wkt() if src.crs else None, transform=src.transform,
+                bands=band_list, band_names=descriptions, tags=dict(src.tags()),
+                acquisition=Acquisition(), pixel_range=(lows, highs),
+            )
+    except DataError:
+        raise
+    except (RasterioError, OSError) as err:
+        raise DataError(path, f"not a readable raster ({str(err).splitlines()[0]})") from None
+    info.acquisition = date_for_file(path, tags=info.tags, date_pattern=date_pattern)
+    return info
+
+
+def chip_windows(width: int, height: int, chip_size: int, stride: int | None = None) -> list[tuple[int, int, int, int]]:
+    """Full ``chip_size`` windows (col_off, row_off, w, h) on a regular grid, row by row.
+
+    Partial windows at the right/bottom edges are not produced: a chip is always square and full.
+    """
+    if chip_size <= 0:
+        raise ValueError(f"chip_size={chip_size}: must be a positive number of pixels")
+    stride = stride or chip_size
+    if stride <= 0:
+        raise ValueError(f"stride={stride}: must be a positive number of pixels")
+    cols = range(0, width - chip_size + 1, stride)
+    rows = range(0, height - chip_size + 1, stride)
+    return [(c, r, chip_size, chip_size) for r in rows for c in cols]
+
+
+@dataclass
+class Chip:
+    """One chip: native pixels (C, H, W), validity mask, metadata, caption and where it came from."""
+
+    key: str
+    image: np.ndarray
+    valid: np.ndarray
+    metadata: SatMetadata
+    caption: str
+    caption_fields: dict[str, Any]
+    source: str
+    window: tuple[int, int, int, int]
+    crs_wkt: str | None
+    transform: tuple[float, ...]
+    band_names: list[str]
+    pixel_range: tuple[list[float], list[float]]
+    nodata: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready description (what a shard's ``{key}.json`` holds)."""
+        h, w = self.image.shape[-2:]
+        from rasterio.transform import Affine
+
+        bounds = geo.transform_bounds_of(Affine(*self.transform[:6]), w, h) if self.crs_wkt else None
+        return {
+            "key": self.key,
+            "metadata": self.metadata.to_dict(),
+            "caption": self.caption,
+            "caption_fields": {k: v for k, v in self.caption_fields.items() if v is not None},
+            "source": self.source,
+            "window": list(self.window),
+            "crs": self.crs_wkt,
+            "crs_label": geo.crs_label(self.crs_wkt) if self.crs_wkt else None,
+            "transform": list(self.transform[:6]),
+            "bounds": list(bounds) if bounds else None,
+            "bands": self.band_names,
+            "dtype": str(self.image.dtype),
+            "shape": list(self.image.shape),
+            "pixel_range": [list(self.pixel_range[0]), list(self.pixel_range[1])],
+            "nodata": self.nodata,
+            "valid_fraction": float(self.valid.mean()),
+            **self.extra,
+        }
+
+    def to_sample(self) -> dict[str, Any]:
+        """The training sample dict (see :mod:`diffusionsat.data`)."""
+        from .transforms import to_model_range
+
+        return {
+            "key": self.key,
+            "pixel_values": to_model_range(self.image, self.pixel_range, self.valid),
+            "caption": self.caption,
+            "metadata": self.metadata,
+            "valid_mask": __import__("torch").from_numpy(self.valid.copy()),
+        }
+
+
+def _land_cover(image: np.ndarray, band_names: Sequence[str], valid: np.ndarray, nir_band: int | None) -> str | None:
+    """Land-cover words when a NIR band is known (explicit index, named, or the 4th of R,G,B,NIR)."""
+    names = [n.lower() for n in band_names]
+    if nir_band is None:
+        for alias in _NIR_ALIASES:
+            if alias in names:
+                nir_band = names.index(alias)
+                break
+    if nir_band is None:
+        return None
+    red = names.index("red") if "red" in names else (names.index("b04") if "b04" in names else 0)
+    green = names.index("green") if "green" in names else (names.index("b03") if "b03" in names else 1)
+    if nir_band >= image.shape[0] or max(red, green) >= image.shape[0]:
+        return None
+    return land_cover_words(image[red], image[nir_band], image[green], valid)
+
+
+def _metadata_for(info: RasterInfo, window: tuple[int, int, int, int], out_size: int | None,
+                  notes: list[str]) -> SatMetadata:
+    col, row, w, h = window
+    lon = lat = gsd = None
+    if info.crs_wkt:
+        lon, lat = geo.window_center_lonlat(info.crs_wkt, info.transform, col, row, w, h)
+        if not (math.isfinite(lon) and math.isfinite(lat)):
+            notes.append("chip centre is off the Earth in this projection: lat/lon unknown")
+            lon = lat = None
+        gsd = geo.gsd_metres(info.crs_wkt, info.transform, lon, lat) if lon is not None or \
+            not geo.as_crs(info.crs_wkt).is_geographic else None
+        if gsd is not None and out_size:
+            gsd = gsd * w / out_size
+        if gsd is not None and not 0 < gsd <= 1000:
+            notes.append(f"gsd {gsd:.4g} m is outside the model's (0, 1000] m: recorded as unknown")
+            gsd = None
+    acq = info.acquisition
+    return SatMetadata(lon=lon, lat=lat, gsd=gsd, cloud_cover=acq.cloud_cover,
+                       year=acq.year, month=acq.month, day=acq.day)
+
+
+def read_chip(
+    info: RasterInfo,
+    window: tuple[int, int, int, int],
+    *,
+    out_size: int | None = None,
+    template: str = AUTO_TEMPLATE,
+    sensor: str | None = None,
+    nir_band: int | None = None,
+    countries: str | os.PathLike | None = None,
+    key: str | None = None,
+) -> Chip:
+    """Read one window of a validated raster into a :class:`Chip` (optionally resized to ``out_size``)."""
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.errors import RasterioError
+    from rasterio.windows import Window
+
+    col, row, w, h = window
+    win = Window(col, row, w, h)
+    shape = (out_size, out_size) if out_size else (h, w)
+    try:
+        with rasterio.open(info.path) as src:
+            image = src.read(info.bands, window=win, out_shape=(len(info.bands), *shape),
+                             resampling=Resampling.average if out_size and out_size < w else Resampling.bilinear)
+            valid = src.dataset_mask(window=win, out_shape=shape, resampling=Resampling.nearest) > 0
+    except (RasterioError, OSError) as err:
+        raise DataError(info.path, f"cannot read pixels of window col={col} row={row} size={w}×{h} "
+                                   f"({str(err).splitlines()[0]}); the file is damaged") from None
+    if np.issubdtype(image.dtype, np.floating):
+        valid &= np.isfinite(image).all(axis=0)
+    notes: list[str] = []
+    metadata = _metadata_for(info, window, out_size, notes)
+    transform = geo.window_transform(info.transform, col, row)
+    if out_size:
+        transform = geo.scaled_transform(transform, (w, h), (out_size, out_size))
+    fields = caption_fields(
+        metadata, sensor=sensor or info.acquisition.sensor, countries=countries,
+        land_cover=_land_cover(image, info.band_names, valid, nir_band),
+    )
+    extra: dict[str, Any] = {"date_source": info.acquisition.source}
+    if notes:
+        extra["notes"] = notes
+    return Chip(
+        key=key or chip_key(info.path, window),
+        image=image, valid=valid, metadata=metadata,
+        caption=CaptionTemplate(template).render(fields), caption_fields=fields,
+        source=str(info.path), window=window, crs_wkt=info.crs_wkt, transform=tuple(transform)[:6],
+        band_names=info.band_names, pixel_range=info.pixel_range, nodata=info.nodata, extra=extra,
+    )
+
+
+def chip_key(path: str | os.PathLike, window: tuple[int, int, int, int]) -> str:
+    """Stable sample key: file stem + window (no dots, as WebDataset keys must not contain any)."""
+    stem = Path(path).stem.replace(".", "_")
+    return f"{stem}_c{window[0]}_r{window[1]}_s{window[2]}"
+
+
+def iter_chips(
+    info: RasterInfo,
+    chip_size: int,
+    *,
+    stride: int | None = None,
+    max_nodata: float = 0.5,
+    skipped: list[str] | None = None,
+    **kwargs: Any,
+) -> Iterator[Chip]:
+    """All chips of a scene with at most ``max_nodata`` nodata; skipped windows are counted in
+    ``skipped`` (one reason string per chip) rather than silently dropped."""
+    if not 0.0 <= max_nodata <= 1.0:
+        raise ValueError(f"max_nodata={max_nodata!r} out of range; allowed [0, 1]")
+    windows = chip_windows(info.width, info.height, chip_size, stride)
+    if not windows:
+        raise DataError(info.path, f"{info.width}×{info.height} px is smaller than one {chip_size} px chip")
+    for window in windows:
+        chip = read_chip(info, window, **kwargs)
+        nodata = 1.0 - float(chip.valid.mean())
+        if nodata > max_nodata:
+            if skipped is not None:
+                skipped.append(f"window {window[:2]}: {nodata:.0%} nodata > {max_nodata:.0%}")
+            continue
+        yield chip
+
+
+def find_rasters(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Expand files and folders (recursively) into raster paths, sorted, de-duplicated."""
+    out: list[Path] = []
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            out.extend(p for p in sorted(path.rglob("*")) if p.suffix.lower() in RASTER_SUFFIXES and p.is_file())
+        else:
+            out.append(path)
+    seen: set[Path] = set()
+    return [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
+
+
+class GeoTiffChips:
+    """Map-style torch dataset of chips cut from GeoTIFF scenes.
+
+    Data: any GeoTIFF files (see module docstring). At construction every file is validated and
+    its windows' nodata fractions are measured (one mask read per scene), so ``len`` is exact and
+    mostly-nodata chips never appear. Each item is the sample dict of :mod:`diffusionsat.data`.
+
+    Args:
+        paths: raster files or folders.
+        chip_size: chip side in source pixels; ``resize_to`` resamples each chip (GSD scales).
+        on_error: ``"raise"`` (default) or ``"skip"``: bad files then land in :attr:`skipped`.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike] | str | os.PathLike,
+        chip_size: int,
+        *,
+        stride: int | None = None,
+        resize_to: int | None = None,
+        bands: str | Sequence[int | str] | None = None,
+        band_names: str | Sequence[str] | None = None,
+        date_pattern: str | None = None,
+        max_nodata: float = 0.5,
+        template: str = AUTO_TEMPLATE,
+        sensor: str | None = None,
+        countries: str | os.PathLike | None = None,
+        transform: Any = None,
+        on_error: str = "raise",
+    ):
+        import rasterio
+        from rasterio.windows import Window
+
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error={on_error!r}; allowed 'raise' or 'skip'")
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        self.chip_size, self.resize_to, self.transform = chip_size, resize_to, transform
+        self.read_kwargs = {"out_size": resize_to, "template": template, "sensor": sensor, "countries": countries}
+        self.skipped: list[tuple[str, str]] = []
+        self.scenes: list[RasterInfo] = []
+        self.index: list[tuple[int, tuple[int, int, int, int]]] = []
+        for path in find_rasters(paths):
+            try:
+                info = open_raster(path, bands=bands, band_names=band_names, date_pattern=date_pattern)
+                with rasterio.open(path) as src:
+                    windows = []
+                    for window in chip_windows(info.width, info.height, chip_size, stride):
+                        mask = src.dataset_mask(window=Window(*window))
+                        if 1.0 - float((mask > 0).mean()) <= max_nodata:
+                            windows.append(window)
+            except DataError as err:
+                if on_error == "raise":
+                    raise
+                logger.warning("skipping %s", err)
+                self.skipped.append((str(path), err.problem))
+                continue
+            self.scenes.append(info)
+            self.index.extend((len(self.scenes) - 1, w) for w in windows)
+        if not self.index and on_error == "raise":
+            raise DataError(None, f"no chips of {chip_size} px with ≤ {max_nodata:.0%} nodata in {list(map(str, paths))}")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def chip(self, idx: int) -> Chip:
+        scene, window = self.index[idx]
+        return read_chip(self.scenes[scene], window, **self.read_kwargs)
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        sample = self.chip(idx).to_sample()
+        return self.transform(sample) if self.transform else sample

@@ -1,0 +1,122 @@
+"""Sample transforms, kept apart from the datasets (torchgeo style): scaling to the model's
+[-1, 1] range and back, band selection, resizing with GSD bookkeeping, caption dropout, collation.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..metadata import SatMetadata
+from .captions import CaptionTemplate
+
+
+def to_model_range(
+    image: np.ndarray, pixel_range: tuple[Sequence[float], Sequence[float]], valid: np.ndarray | None = None
+) -> torch.Tensor:
+    """Native pixels (C, H, W) → float32 tensor in [-1, 1] via per-band (low, high); nodata → -1."""
+    arr = np.asarray(image, dtype=np.float32)
+    lows = np.asarray(pixel_range[0], dtype=np.float32).reshape(-1, 1, 1)
+    highs = np.asarray(pixel_range[1], dtype=np.float32).reshape(-1, 1, 1)
+    if lows.shape[0] != arr.shape[0]:
+        raise ValueError(f"pixel_range has {lows.shape[0]} bands, the image {arr.shape[0]}")
+    out = np.clip((arr - lows) / np.maximum(highs - lows, 1e-12), 0.0, 1.0) * 2.0 - 1.0
+    out = np.nan_to_num(out, nan=-1.0)
+    if valid is not None:
+        out = np.where(valid[None], out, -1.0)
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+
+
+def to_uint8(pixel_values: torch.Tensor | np.ndarray) -> np.ndarray:
+    """[-1, 1] (C, H, W) → uint8 (H, W, C), for PNG previews and outputs."""
+    arr = pixel_values.detach().cpu().numpy() if isinstance(pixel_values, torch.Tensor) else np.asarray(pixel_values)
+    return np.moveaxis(np.round((np.clip(arr, -1, 1) + 1) * 127.5).astype(np.uint8), 0, -1)
+
+
+class SelectBands:
+    """Keep the given 0-based channels of ``pixel_values`` (e.g. ``(0, 1, 2)`` for RGB of RGBN)."""
+
+    def __init__(self, channels: Sequence[int]):
+        self.channels = list(channels)
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        c = sample["pixel_values"].shape[0]
+        bad = [i for i in self.channels if not 0 <= i < c]
+        if bad:
+            raise ValueError(f"channel {bad[0]} requested; the sample has {c} (allowed 0–{c - 1})")
+        return {**sample, "pixel_values": sample["pixel_values"][self.channels]}
+
+
+class Resize:
+    """Resize ``pixel_values`` (and ``valid_mask``) to ``size``×``size``; the GSD scales with it."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        x = sample["pixel_values"]
+        h, w = x.shape[-2:]
+        if (h, w) == (self.size, self.size):
+            return sample
+        out = dict(sample)
+        out["pixel_values"] = torch.nn.functional.interpolate(
+            x[None], size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False
+        )[0].clamp(-1, 1)
+        if "valid_mask" in sample:
+            out["valid_mask"] = torch.nn.functional.interpolate(
+                sample["valid_mask"][None, None].float(), size=(self.size, self.size), mode="nearest"
+            )[0, 0].bool()
+        meta = sample.get("metadata")
+        if isinstance(meta, SatMetadata):
+            out["metadata"] = meta.resized(w, self.size)
+        return out
+
+
+class CaptionDropout:
+    """Re-render ``caption`` from ``caption_fields`` dropping each part with probability ``p``."""
+
+    def __init__(self, p: float, template: str | None = None, seed: int | None = None):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"caption dropout p={p!r} out of range; allowed [0, 1]")
+        self.p, self.template, self.rng = p, template, random.Random(seed)
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        fields = sample.get("caption_fields")
+        template = self.template or sample.get("caption_template")
+        if not fields or not template:
+            return sample
+        return {**sample, "caption": CaptionTemplate(template).render(fields, dropout=self.p, rng=self.rng)}
+
+
+class Compose:
+    """Apply transforms in order."""
+
+    def __init__(self, transforms: Sequence[Any]):
+        self.transforms = list(transforms)
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        for t in self.transforms:
+            sample = t(sample)
+        return sample
+
+
+def collate_samples(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Batch sample dicts: tensors of equal shape are stacked; everything else becomes a list.
+
+    ``metadata`` stays a list of :class:`SatMetadata` (pass it to
+    :func:`diffusionsat.metadata.metadata_tensor`, where dropout and "unknown" are handled).
+    """
+    if not samples:
+        raise ValueError("cannot collate an empty batch")
+    batch: dict[str, Any] = {}
+    for key in samples[0]:
+        values = [s.get(key) for s in samples]
+        if all(isinstance(v, torch.Tensor) for v in values) and len({tuple(v.shape) for v in values}) == 1:
+            batch[key] = torch.stack(values)
+        else:
+            batch[key] = values
+    return batch
