@@ -1,0 +1,451 @@
+// DiffusionSat web page: plain JS, no external resources (the page must work offline).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { task: "generate", model: null, token: sessionStorage.getItem("diffusionsat-token") || "", job: null };
+const SVG = "http://www.w3.org/2000/svg";
+
+// --- API calls (bearer token when the server asks for one) ---------------------------------------
+async function api(path, options = {}) {
+  const headers = Object.assign({}, options.headers || {});
+  if (state.token) headers.Authorization = "Bearer " + state.token;
+  const response = await fetch(path, Object.assign({}, options, { headers }));
+  if (response.status === 401) {
+    $("token-box").hidden = false;
+    throw new ApiError("This server needs an API token: enter it above.", null);
+  }
+  return response;
+}
+
+class ApiError extends Error {
+  constructor(message, field) { super(message); this.field = field; }
+}
+
+async function json(response) {
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    let message = body.detail || response.statusText;
+    if (body.allowed) message += " (allowed: " + body.allowed + ")";
+    if (response.status === 429 || response.status === 503) {
+      message += " — try again in " + (response.headers.get("Retry-After") || "a few") + " s";
+    }
+    throw new ApiError(message, body.field || null);
+  }
+  return body;
+}
+
+// --- the world map from the bundled country outlines ---------------------------------------------
+function ringPath(ring) {
+  return "M" + ring.map(([lon, lat]) => lon.toFixed(2) + " " + (-lat).toFixed(2)).join("L") + "Z";
+}
+
+async function drawMap() {
+  const grid = $("graticule");
+  for (let lon = -150; lon <= 150; lon += 30) grid.appendChild(line(lon, -90, lon, 90));
+  for (let lat = -60; lat <= 60; lat += 30) grid.appendChild(line(-180, -lat, 180, -lat));
+  const world = await (await fetch("/assets/countries.geojson")).json();
+  const group = $("countries");
+  for (const feature of world.features) {
+    const geometry = feature.geometry;
+    if (!geometry) continue;
+    const polygons = geometry.type === "Polygon" ? [geometry.coordinates] : geometry.coordinates;
+    const path = document.createElementNS(SVG, "path");
+    path.setAttribute("d", polygons.map((rings) => rings.map(ringPath).join("")).join(""));
+    path.setAttribute("class", "country");
+    path.setAttribute("fill-rule", "evenodd");
+    path.dataset.name = feature.properties.name;
+    const title = document.createElementNS(SVG, "title");
+    title.textContent = feature.properties.name;
+    path.appendChild(title);
+    group.appendChild(path);
+  }
+}
+
+function line(x1, y1, x2, y2) {
+  const el = document.createElementNS(SVG, "line");
+  Object.entries({ x1, y1, x2, y2, class: "grid" }).forEach(([k, v]) => el.setAttribute(k, v));
+  return el;
+}
+
+function onMapClick(event) {
+  const svg = $("map");
+  const point = svg.createSVGPoint();
+  point.x = event.clientX;
+  point.y = event.clientY;
+  const p = point.matrixTransform(svg.getScreenCTM().inverse());
+  const lon = Math.max(-180, Math.min(180, p.x));
+  const lat = Math.max(-90, Math.min(90, -p.y));
+  $("lat").value = lat.toFixed(4);
+  $("lon").value = lon.toFixed(4);
+  const country = event.target.dataset ? event.target.dataset.name : null;
+  updateMarker(country);
+}
+
+function updateMarker(country) {
+  const lat = parseFloat($("lat").value);
+  const lon = parseFloat($("lon").value);
+  const known = Number.isFinite(lat) && Number.isFinite(lon);
+  $("marker").hidden = !known;
+  if (!known) {
+    $("place-readout").textContent = "Click the map to choose a location.";
+    return;
+  }
+  $("marker-dot").setAttribute("cx", lon);
+  $("marker-dot").setAttribute("cy", -lat);
+  $("marker-h").setAttribute("y1", -lat);
+  $("marker-h").setAttribute("y2", -lat);
+  $("marker-v").setAttribute("x1", lon);
+  $("marker-v").setAttribute("x2", lon);
+  const where = `${Math.abs(lat).toFixed(3)}° ${lat >= 0 ? "N" : "S"}, ${Math.abs(lon).toFixed(3)}° ${lon >= 0 ? "E" : "W"}`;
+  $("place-readout").textContent = country ? `${where} — ${country}` : where;
+}
+
+// --- tabs -------------------------------------------------------------------------------------------
+const RUN_LABELS = { generate: "Generate", superres: "Super-resolve", temporal: "Generate at target date", inpaint: "In-paint" };
+
+function selectTask(task) {
+  state.task = task;
+  document.querySelectorAll("[role=tab]").forEach((tab) => tab.setAttribute("aria-selected", String(tab.dataset.task === task)));
+  document.querySelectorAll(".tabpanel").forEach((panel) => { panel.hidden = panel.dataset.task !== task; });
+  $("run").textContent = RUN_LABELS[task];
+  $("size").closest("label").hidden = task !== "generate";
+  showAvailability();
+}
+
+function showAvailability() {
+  const info = state.model && state.model.tasks[state.task];
+  const off = info && !info.available;
+  $("unavailable").hidden = !off;
+  $("unavailable").textContent = off ? info.reason : "";
+  $("run").disabled = Boolean(off) || Boolean(state.job);
+}
+
+// --- the request ----------------------------------------------------------------------------------
+function metadata() {
+  const md = {};
+  const number = (id) => { const v = $(id).value.trim(); return v === "" ? null : Number(v); };
+  for (const [key, id] of [["lat", "lat"], ["lon", "lon"], ["gsd", "gsd"]]) {
+    const v = number(id);
+    if (v !== null) md[key] = v;
+  }
+  md.cloud_cover = Number($("cloud").value) / 100;
+  if ($("date").value) md.date = $("date").value;
+  return md;
+}
+
+function samplingFields() {
+  const fields = { prompt: $("prompt").value, metadata: metadata() };
+  const integer = (id) => { const v = $(id).value.trim(); return v === "" ? null : Number(v); };
+  if (integer("seed") !== null) fields.seed = integer("seed");
+  if (integer("steps") !== null) fields.steps = integer("steps");
+  if (integer("guidance") !== null) fields.guidance_scale = integer("guidance");
+  if (integer("num-images") !== null) fields.num_images = integer("num-images");
+  if ($("scheduler").value) fields.scheduler = $("scheduler").value;
+  return fields;
+}
+
+async function submit() {
+  const fields = samplingFields();
+  if (state.task === "generate") {
+    const size = $("size").value.trim();
+    if (size !== "") { fields.width = Number(size); fields.height = Number(size); }
+    return json(await api("/v1/generate", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(fields),
+    }));
+  }
+  const form = new FormData();
+  for (const [key, value] of Object.entries(fields)) {
+    form.append(key, key === "metadata" ? JSON.stringify(value) : String(value));
+  }
+  if (state.task === "superres") {
+    requireFile("sr-image", "choose a low-resolution image");
+    form.append("image", $("sr-image").files[0]);
+    form.append("scale", $("sr-scale").value);
+  } else if (state.task === "temporal") {
+    requireFile("tp-frames", "choose at least one past image");
+    [...$("tp-frames").files].forEach((file) => form.append("frames", file));
+    document.querySelectorAll("#tp-dates input").forEach((input) => form.append("frame_dates", input.value));
+  } else if (state.task === "inpaint") {
+    requireFile("ip-image", "choose an image to fill");
+    form.append("image", $("ip-image").files[0]);
+    if ($("ip-mask").files.length) form.append("mask", $("ip-mask").files[0]);
+    else form.append("mask", await drawnMask(), "mask.png");
+  }
+  return json(await api("/v1/" + state.task, { method: "POST", body: form }));
+}
+
+function requireFile(id, message) {
+  if (!$(id).files.length) throw new ApiError(message, id);
+}
+
+const FIELD_INPUTS = {
+  "metadata.lat": "lat", "metadata.lon": "lon", "metadata.gsd": "gsd", "metadata.cloud_cover": "cloud",
+  "metadata.date": "date", "metadata.year": "date", "metadata.month": "date", "metadata.day": "date",
+  prompt: "prompt", seed: "seed", steps: "steps", guidance_scale: "guidance", num_images: "num-images",
+  width: "size", height: "size", scheduler: "scheduler", image: "sr-image", scale: "sr-scale",
+  frames: "tp-frames", mask: "ip-mask",
+};
+
+function showError(error) {
+  $("error").hidden = false;
+  $("error").textContent = error.message;
+  const id = error.field && (FIELD_INPUTS[error.field] || FIELD_INPUTS[error.field.replace(/\[\d+\]$/, "")] || error.field);
+  if (id && $(id)) { $(id).setAttribute("aria-invalid", "true"); $(id).focus(); }
+}
+
+function clearError() {
+  $("error").hidden = true;
+  document.querySelectorAll("[aria-invalid=true]").forEach((el) => el.removeAttribute("aria-invalid"));
+}
+
+async function run() {
+  clearError();
+  let job;
+  try {
+    job = await submit();
+  } catch (error) {
+    showError(error);
+    return;
+  }
+  state.job = job.id;
+  $("cancel").hidden = false;
+  $("progress").hidden = false;
+  showAvailability();
+  try {
+    await follow(job);
+  } catch (error) {
+    showError(error);
+  } finally {
+    state.job = null;
+    $("cancel").hidden = true;
+    $("progress").hidden = true;
+    showAvailability();
+  }
+}
+
+async function follow(job) {
+  for (;;) {
+    const done = ["succeeded", "failed", "cancelled"].includes(job.status);
+    $("progress").value = job.progress;
+    if (job.status === "queued") $("status").textContent = `queued (${job.queue_position ?? 0} ahead)`;
+    else if (job.status === "running") $("status").textContent = `sampling, step ${job.step} of ${job.steps || "…"}`;
+    else $("status").textContent = job.status + (job.error ? ": " + job.error : "");
+    if (done) {
+      if (job.status === "succeeded") for (const result of job.results) await addCard(job, result);
+      if (job.status === "failed") throw new ApiError(job.error || "the job failed", null);
+      return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    job = await json(await api(job.links.self));
+  }
+}
+
+async function cancel() {
+  if (state.job) await api("/v1/jobs/" + state.job, { method: "DELETE" }).catch(() => null);
+}
+
+// --- gallery --------------------------------------------------------------------------------------
+async function blobOf(url) {
+  const response = await api(url);
+  if (!response.ok) throw new ApiError("download failed: " + response.status, null);
+  return response.blob();
+}
+
+async function addCard(job, result) {
+  const record = result.record;
+  const md = record.metadata || {};
+  const figure = document.createElement("figure");
+  figure.className = "card";
+  const img = document.createElement("img");
+  img.alt = record.prompt || "generated image";
+  img.src = URL.createObjectURL(await blobOf(result.files.png));
+  figure.appendChild(img);
+  const caption = document.createElement("figcaption");
+  const prompt = document.createElement("p");
+  prompt.className = "prompt";
+  prompt.textContent = record.prompt || "(no prompt)";
+  caption.appendChild(prompt);
+  const dl = document.createElement("dl");
+  const rows = [
+    ["place", md.lat !== undefined && md.lon !== undefined ? `${md.lat.toFixed(3)}, ${md.lon.toFixed(3)}` : "unknown"],
+    ["date", md.date || [md.year, md.month, md.day].filter((v) => v !== undefined).join("-") || "unknown"],
+    ["GSD", md.gsd !== undefined ? md.gsd + " m/px" : "unknown"],
+    ["cloud", md.cloud_cover !== undefined ? Math.round(md.cloud_cover * 100) + " %" : "unknown"],
+    ["seed", record.seed], ["steps", `${record.steps} (${record.scheduler})`],
+    ["size", `${record.width}×${record.height}`], ["model", `${record.model} ${record.model_version || ""}`],
+  ];
+  for (const [key, value] of rows) {
+    const dt = document.createElement("dt");
+    dt.textContent = key;
+    const dd = document.createElement("dd");
+    dd.textContent = value;
+    dl.append(dt, dd);
+  }
+  caption.appendChild(dl);
+  const downloads = document.createElement("div");
+  downloads.className = "downloads";
+  for (const [kind, label] of [["png", "PNG"], ["geotiff", "GeoTIFF"], ["json", "JSON sidecar"]]) {
+    if (!result.files[kind]) continue;
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = "⬇ " + label;
+    button.dataset.kind = kind;
+    button.addEventListener("click", () => download(result.files[kind]).catch(showError));
+    downloads.appendChild(button);
+  }
+  caption.appendChild(downloads);
+  figure.appendChild(caption);
+  $("empty").hidden = true;
+  $("gallery").prepend(figure);
+}
+
+async function download(url) {
+  const blob = await blobOf(url);
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(blob);
+  const [, id, name] = url.match(/jobs\/([0-9a-f]+)\/files\/(.+)$/);
+  link.download = `diffusionsat-${id.slice(0, 8)}-${name}`;
+  document.body.appendChild(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+}
+
+// --- temporal frames and the in-painting mask -----------------------------------------------------
+function listFrames() {
+  const list = $("tp-dates");
+  list.textContent = "";
+  [...$("tp-frames").files].forEach((file) => {
+    const item = document.createElement("li");
+    const label = document.createElement("label");
+    label.textContent = file.name;
+    const input = document.createElement("input");
+    input.type = "date";
+    input.required = true;
+    input.setAttribute("aria-label", "acquisition date of " + file.name);
+    label.appendChild(input);
+    item.appendChild(label);
+    list.appendChild(item);
+  });
+}
+
+async function loadInpaintImage() {
+  const file = $("ip-image").files[0];
+  $("ip-draw").hidden = true;
+  if (!file || !file.type.includes("png")) return; // GeoTIFFs: the browser cannot show them; upload a mask
+  const bitmap = await createImageBitmap(file);
+  for (const id of ["ip-canvas", "ip-overlay"]) {
+    $(id).width = bitmap.width;
+    $(id).height = bitmap.height;
+  }
+  $("ip-canvas").getContext("2d").drawImage(bitmap, 0, 0);
+  $("ip-overlay").getContext("2d").clearRect(0, 0, bitmap.width, bitmap.height);
+  $("ip-draw").hidden = false;
+}
+
+function paint(event) {
+  if (!(event.buttons & 1)) return;
+  const canvas = $("ip-overlay");
+  const box = canvas.getBoundingClientRect();
+  const x = ((event.clientX - box.left) / box.width) * canvas.width;
+  const y = ((event.clientY - box.top) / box.height) * canvas.height;
+  const ctx = canvas.getContext("2d");
+  ctx.fillStyle = "rgba(230, 40, 40, 0.6)";
+  ctx.beginPath();
+  ctx.arc(x, y, Math.max(1, canvas.width / 24), 0, 2 * Math.PI);
+  ctx.fill();
+}
+
+// The server wants a 1-band mask: encode the painted overlay as an 8-bit greyscale PNG.
+async function drawnMask() {
+  const canvas = $("ip-overlay");
+  if (!canvas.width) throw new ApiError("upload a mask or paint one on a PNG image", "mask");
+  const { width, height } = canvas;
+  const rgba = canvas.getContext("2d").getImageData(0, 0, width, height).data;
+  const raw = new Uint8Array((width + 1) * height);
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) raw[y * (width + 1) + 1 + x] = rgba[(y * width + x) * 4 + 3] > 0 ? 255 : 0;
+  }
+  const zlib = new Uint8Array(await new Response(new Blob([raw]).stream().pipeThrough(new CompressionStream("deflate"))).arrayBuffer());
+  const header = new Uint8Array(13);
+  new DataView(header.buffer).setUint32(0, width);
+  new DataView(header.buffer).setUint32(4, height);
+  header.set([8, 0, 0, 0, 0], 8);
+  const parts = [new Uint8Array([137, 80, 78, 71, 13, 10, 26, 10]), chunk("IHDR", header), chunk("IDAT", zlib), chunk("IEND", new Uint8Array())];
+  return new Blob(parts, { type: "image/png" });
+}
+
+function chunk(type, data) {
+  const out = new Uint8Array(12 + data.length);
+  const view = new DataView(out.buffer);
+  view.setUint32(0, data.length);
+  for (let i = 0; i < 4; i++) out[4 + i] = type.charCodeAt(i);
+  out.set(data, 8);
+  view.setUint32(8 + data.length, crc32(out.subarray(4, 8 + data.length)));
+  return out;
+}
+
+function crc32(bytes) {
+  let crc = -1;
+  for (const byte of bytes) {
+    crc ^= byte;
+    for (let k = 0; k < 8; k++) crc = (crc >>> 1) ^ (0xedb88320 & -(crc & 1));
+  }
+  return (crc ^ -1) >>> 0;
+}
+
+// --- start ----------------------------------------------------------------------------------------
+async function loadModel() {
+  try {
+    state.model = await json(await api("/v1/model"));
+  } catch (error) {
+    $("model-info").textContent = error.message;
+    return;
+  }
+  const m = state.model;
+  $("model-info").textContent = `model ${m.name}${m.version ? " (" + m.version + ")" : ""}, ${m.default_size} px`;
+  $("token-box").hidden = !state.token;
+  $("size").placeholder = String(m.default_size);
+  $("size").step = String(m.size_multiple);
+  $("size").min = String(m.size_multiple);
+  const select = $("scheduler");
+  for (const name of m.schedulers) {
+    const option = document.createElement("option");
+    option.value = option.textContent = name;
+    select.appendChild(option);
+  }
+  for (const tab of document.querySelectorAll("[role=tab]")) {
+    const info = m.tasks[tab.dataset.task];
+    tab.classList.toggle("off", Boolean(info && !info.available));
+    if (info && !info.available) tab.title = info.reason;
+  }
+  showAvailability();
+}
+
+function init() {
+  $("map").addEventListener("click", onMapClick);
+  for (const id of ["lat", "lon"]) $(id).addEventListener("input", () => updateMarker(null));
+  $("cloud").addEventListener("input", () => { $("cloud-out").value = $("cloud").value + " %"; });
+  document.querySelectorAll("[role=tab]").forEach((tab) => tab.addEventListener("click", () => selectTask(tab.dataset.task)));
+  $("run").addEventListener("click", run);
+  $("cancel").addEventListener("click", cancel);
+  $("tp-frames").addEventListener("change", listFrames);
+  $("ip-image").addEventListener("change", () => loadInpaintImage().catch(showError));
+  $("ip-overlay").addEventListener("pointerdown", paint);
+  $("ip-overlay").addEventListener("pointermove", paint);
+  $("ip-clear").addEventListener("click", () => {
+    const c = $("ip-overlay");
+    c.getContext("2d").clearRect(0, 0, c.width, c.height);
+  });
+  $("token").value = state.token;
+  $("token-save").addEventListener("click", () => {
+    state.token = $("token").value.trim();
+    sessionStorage.setItem("diffusionsat-token", state.token);
+    loadModel();
+  });
+  drawMap().catch((error) => { $("place-readout").textContent = "map unavailable: " + error.message; });
+  loadModel();
+  selectTask("generate");
+}
+
+init();
