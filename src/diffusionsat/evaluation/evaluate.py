@@ -1,0 +1,507 @@
+"""``evaluate``: real held-out data + generated images (or a model) → metrics with baselines → report.
+
+The algorithm, step by step (see :func:`evaluate`):
+
+1. check the inputs (task, paths, output folder) before anything heavy;
+2. read the real records and pick ``num_samples`` of them (seeded);
+3. get generated images per model: from ``--generated`` folders (matched by key) or by running the
+   model (``generate`` task) and saving them with sidecars under ``REPORT_DIR/generated-*``;
+4. build the baselines from the real images: real-vs-real halves (floor) and trivial generators;
+5. load the feature networks that are available (the shipped domain encoder always; Inception,
+   CLIP and LPIPS only from local paths) and extract features once per image set;
+6. compute the task's metrics for every row, with intervals and sample counts;
+7. write ``report.json``, ``report.md`` and one real-vs-generated grid per condition.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from tqdm.auto import tqdm
+
+from ..fileio import check_writable
+from .baselines import bicubic_upsample, blur_noise, centre_mask, mean_fill, persistence
+from .dataset import EvalRecord, load_records, load_stack, match_generated, read_image, read_mask, resize
+from .domain_encoder import SEASONS, WITHIN_LOG2, DomainEncoder, load_domain_encoder, season_of
+from .features import DomainOutputs, domain_outputs, inception_outputs
+from .metrics import fid, inception_score, kid, psnr_per_image, ssim_per_image, summarize_psnr
+from .networks import InceptionFeatures, LPIPSDistance, PretrainedWeightsMissing, load_clip, load_lpips
+from .stats import Estimate, mean_estimate
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("generate", "superres", "temporal", "inpaint")
+PAIRED_TASKS = ("superres", "temporal", "inpaint")
+REPORT_FILES = ("report.json", "report.md")
+
+
+@dataclass
+class EvaluationConfig:
+    """Everything one evaluation run needs; :meth:`validate` checks it before any model is loaded."""
+
+    task: str
+    data: Path
+    out: Path
+    model: str | None = None
+    generated: Path | None = None
+    compare: str | None = None
+    num_samples: int | None = None
+    seed: int = 0
+    steps: int = 25
+    guidance_scale: float = 3.0
+    size: int | None = None
+    device: str = "cpu"
+    domain_encoder: Path | None = None
+    inception: Path | None = None
+    clip: Path | None = None
+    lpips_backbone: Path | None = None
+    lpips_weights: Path | None = None
+    bootstrap: int = 50
+    overwrite: bool = False
+
+    def validate(self) -> EvaluationConfig:
+        if self.task not in TASKS:
+            raise ValueError(f"task={self.task!r}: unknown; choose one of {', '.join(TASKS)}")
+        if not Path(self.data).exists():
+            raise FileNotFoundError(f"--data {str(self.data)!r} does not exist")
+        if self.model is None and self.generated is None:
+            raise ValueError("give --model (to generate) or --generated DIR (images already generated)")
+        if self.generated is not None and not Path(self.generated).is_dir():
+            raise FileNotFoundError(f"--generated {str(self.generated)!r} is not a folder")
+        if self.generated is None and self.task in PAIRED_TASKS:
+            raise ValueError(
+                f"task {self.task!r}: pass the images made by `diffusionsat {self.task}` with --generated DIR "
+                "(evaluate runs only the text+metadata pipeline itself)"
+            )
+        if self.compare is not None and not Path(self.compare).exists():
+            raise FileNotFoundError(f"--compare {str(self.compare)!r} does not exist")
+        if self.num_samples is not None and self.num_samples < 2:
+            raise ValueError(f"num_samples={self.num_samples!r}: need at least 2 (real-vs-real halves)")
+        if self.size is not None and (self.size < 8 or self.size % 8):
+            raise ValueError(f"size={self.size!r}: must be a multiple of 8, at least 8")
+        if not 0 <= self.bootstrap <= 10_000:
+            raise ValueError(f"bootstrap={self.bootstrap!r}: out of range; allowed [0, 10000]")
+        for optional in ("inception", "clip", "lpips_backbone", "lpips_weights", "domain_encoder"):
+            value = getattr(self, optional)
+            if value is not None and not Path(value).exists():
+                raise PretrainedWeightsMissing(
+                    f"--{optional.replace('_', '-')} {str(value)!r} does not exist; nothing is downloaded"
+                )
+        check_writable([Path(self.out) / name for name in REPORT_FILES], overwrite=self.overwrite)
+        return self
+
+
+@dataclass
+class Candidate:
+    """One row of every table: images aligned with the records (index i = record i)."""
+
+    name: str
+    role: str  # "model" | "floor" | "baseline"
+    images: torch.Tensor
+    description: str
+    source: str | None = None
+    requested: list[EvalRecord] | None = None  # the conditions the images were made for (default: records)
+
+
+@dataclass
+class Networks:
+    domain: DomainEncoder | None = None
+    inception: InceptionFeatures | None = None
+    clip: Any = None
+    lpips: LPIPSDistance | None = None
+    domain_lpips: LPIPSDistance | None = None
+    status: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+# --- step 2/3: data and generated images -----------------------------------------------------------
+def select_records(records: list[EvalRecord], num: int | None, seed: int) -> list[EvalRecord]:
+    """A seeded random subset of ``num`` records (all when ``num`` is None), in key order."""
+    if num is None or num >= len(records):
+        return records
+    rng = np.random.default_rng(seed)
+    keep = sorted(rng.choice(len(records), size=num, replace=False).tolist())
+    return [records[i] for i in keep]
+
+
+def is_model_folder(path: str | os.PathLike) -> bool:
+    return (Path(path) / "model_index.json").is_file()
+
+
+def generate_for_records(
+    model: str, records: list[EvalRecord], out_dir: Path, *, seed: int, steps: int, guidance_scale: float,
+    size: int | None, device: str, overwrite: bool,
+) -> Path:
+    """Run the text+metadata pipeline once per record (seed + i) and save PNG + sidecar as ``{key}.png``.
+
+    The requested GSD covers the same ground as the real image: gsd · real side / generated side.
+    """
+    from ..generation import GenerationRequest, generate_images
+    from ..loading import load_pipeline, model_version, resolve_model
+    from ..outputs import GenerationRecord, OutputPaths, save_generated
+
+    location = resolve_model(model)
+    pipe = load_pipeline(location, device=device)
+    pipe.set_progress_bar_config(disable=True)
+    version = model_version(location) if Path(location).exists() else None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i, rec in enumerate(tqdm(records, desc=f"generating with {Path(model).name}")):
+        with PIL.Image.open(rec.image) as img:
+            real_side = img.size[0]
+        native = int(pipe.unet.config.sample_size) * pipe.vae_scale_factor
+        side = size or native
+        request = GenerationRequest(
+            prompt=rec.caption, metadata=rec.metadata.resized(real_side, side), seed=seed + i, steps=steps,
+            guidance_scale=guidance_scale, width=side, height=side,
+        )
+        images, seeds, scheduler = generate_images(pipe, request)
+        record = GenerationRecord(
+            prompt=request.prompt, metadata=request.metadata, seed=seeds[0], steps=steps, guidance_scale=guidance_scale,
+            scheduler=scheduler, width=side, height=side, model=Path(location).name,
+            extra={"scene": rec.scene, "eval_key": rec.key},
+        )
+        paths = OutputPaths(png=out_dir / f"{rec.key}.png", sidecar=out_dir / f"{rec.key}.json")
+        save_generated(images[0], paths, record, model_version=version, overwrite=overwrite)
+    return out_dir
+
+
+def load_generated(
+    folder: Path, records: list[EvalRecord], size: tuple[int, int], task: str, name: str
+) -> tuple[list[EvalRecord], torch.Tensor, list[EvalRecord]]:
+    """Generated images aligned with the real records they belong to (by key).
+
+    Returns (the real records kept, the generated images, the generated records = what was asked).
+    Paired tasks need every image to match a record; ``generate`` keeps only matched records.
+    """
+    generated = load_records(folder)
+    pairs = match_generated(records, generated)
+    if not pairs:
+        raise ValueError(
+            f"{name}: no image in {str(folder)!r} matches a real record key (expected {{key}}.png, "
+            f"e.g. {records[0].key}.png)"
+        )
+    missing = [r.key for r in records if r.key not in pairs]
+    if missing and task in PAIRED_TASKS:
+        raise ValueError(f"{name}: no generated image for record {missing[0]!r} in {str(folder)!r} ({len(missing)} missing)")
+    if missing:
+        logger.warning("%s: %d of %d real records have no generated image; they are left out", name, len(missing), len(records))
+    kept = [r for r in records if r.key in pairs]
+    requested = []
+    for r in kept:
+        gen = pairs[r.key]
+        # What was asked: the generated sidecar when it has it, else the real record's condition.
+        requested.append(EvalRecord(
+            key=r.key, image=gen.image, caption=gen.caption or r.caption,
+            metadata=gen.metadata if not gen.metadata.is_unknown() else r.metadata,
+            scene=gen.scene or r.scene, mask=r.mask, condition=r.condition,
+        ))
+    images = torch.stack([resize(read_image(g.image), size) for g in requested])
+    return kept, images, requested
+
+
+# --- step 4: baselines ---------------------------------------------------------------------------------
+def build_baselines(task: str, records: list[EvalRecord], real: torch.Tensor, seed: int) -> list[Candidate]:
+    """Real-vs-real (floor) and the trivial generators of ``task``, aligned with ``records``."""
+    size = tuple(real.shape[-2:])
+    rows = [
+        Candidate("real-vs-real", "floor", real,
+                  "held-out real images: set metrics between two random halves, pairwise metrics against another "
+                  "real image, classification and faithfulness on the real images themselves (the encoder's ceiling)"),
+        Candidate("blur+noise", "baseline", blur_noise(real, seed=seed),
+                  "trivial generator: each real image blurred (Gaussian sigma 2 px) then noised (sigma 0.1)"),
+    ]
+    if task == "superres":
+        low = None
+        if all(r.condition for r in records):
+            low = [read_image(r.condition[0]) for r in records]
+            shapes = {tuple(x.shape[-2:]) for x in low}
+            low = torch.stack(low) if len(shapes) == 1 else None
+        if low is not None:
+            low = low[:, :3]
+        rows.append(Candidate("bicubic", "baseline", bicubic_upsample(real, low_res=low),
+                              "bicubic upsampling of the low-res input" if low is not None
+                              else "bicubic upsampling of the reference downsampled 4x"))
+    elif task == "inpaint":
+        masks = (torch.stack([resize(read_mask(r.mask), size) for r in records]).round()
+                 if all(r.mask for r in records) else centre_mask(real))
+        rows.append(Candidate("mean-fill", "baseline", mean_fill(real, masks),
+                              "hole (mask = 1, or the central square) filled with the mean colour of the rest"))
+    elif task == "temporal" and all(r.condition for r in records):
+        previous = torch.stack([resize(read_image(r.condition[-1]), size) for r in records])
+        rows.append(Candidate("persistence", "baseline", persistence(previous),
+                              "the last conditioning frame, unchanged (predicts no change)"))
+    return rows
+
+
+# --- step 5: networks ------------------------------------------------------------------------------------
+def load_networks(config: EvaluationConfig) -> Networks:
+    """Load what is available; every absent network is reported with its reason, never downloaded."""
+    nets = Networks()
+    try:
+        nets.domain = load_domain_encoder(config.domain_encoder, device=config.device)
+        folder = config.domain_encoder or "shipped (diffusionsat/assets/domain-encoder)"
+        nets.status["domain_encoder"] = {"available": True, "path": str(folder)}
+        nets.domain_lpips = LPIPSDistance(nets.domain.feature_maps, None, name="domain_lpips")
+    except FileNotFoundError as err:
+        nets.status["domain_encoder"] = {"available": False, "reason": str(err)}
+        logger.warning("domain metrics skipped: %s", err)
+    loaders = {
+        "inception": lambda: InceptionFeatures(config.inception),
+        "clip": lambda: load_clip(config.clip),
+        "lpips": lambda: load_lpips(config.lpips_backbone, config.lpips_weights),
+    }
+    wanted = {"inception": True, "clip": config.task == "generate", "lpips": config.task in PAIRED_TASKS}
+    for name, loader in loaders.items():
+        if not wanted[name]:
+            continue
+        try:
+            setattr(nets, name, loader())
+            path = {"inception": config.inception, "clip": config.clip, "lpips": config.lpips_backbone}[name]
+            nets.status[name] = {"available": True, "path": str(path)}
+        except PretrainedWeightsMissing as err:
+            nets.status[name] = {"available": False, "reason": str(err)}
+            logger.warning("%s metrics skipped: %s", name, err)
+    return nets
+
+
+# --- step 6: metrics -------------------------------------------------------------------------------------
+METRIC_INFO: dict[str, tuple[str, str]] = {
+    "fid": ("lower", "FID on Inception features (reference: real half A; rows: images of half B's records)"),
+    "kid": ("lower", "KID on Inception features (same sets as FID)"),
+    "is": ("higher", "Inception Score of all images of the row"),
+    "clip_score": ("higher", "CLIP score (100 x cosine) between each image and its caption"),
+    "domain_fid": ("lower", "FID on the domain encoder's 128-d embedding (reference: real half A; rows: half B)"),
+    "domain_kid": ("lower", "KID on the domain encoder's embedding (same sets as domain FID)"),
+    "classification_score": ("higher", "fraction of images the domain encoder assigns to the requested scene class "
+                                       "(the record's 'scene', else the class it assigns to the real image)"),
+    "gsd_error": ("lower", "metadata faithfulness, GSD: |log2(predicted GSD / requested GSD)| (1 = off by 2x)"),
+    "gsd_within_1.5x": ("higher", "metadata faithfulness, GSD: fraction predicted within a factor 1.5 of the request"),
+    "season_accuracy": ("higher", "metadata faithfulness, season: predicted season = requested (month, hemisphere)"),
+    "psnr": ("higher", "PSNR in dB against the reference (data range 1)"),
+    "ssim": ("higher", "SSIM against the reference (Gaussian window, sigma 1.5)"),
+    "lpips": ("lower", "LPIPS against the reference (given backbone)"),
+    "domain_lpips": ("lower", "LPIPS formula over the domain encoder's stage features, uniform channel weights"),
+}
+
+
+def _requested(c: Candidate, records: list[EvalRecord]) -> list[EvalRecord]:
+    return c.requested if c.requested is not None else records
+
+
+def classification_targets(encoder: DomainEncoder, records: list[EvalRecord], real_out: DomainOutputs) -> tuple[np.ndarray, int]:
+    """Target class per record: its ``scene`` when the encoder knows it, else the class of the real image."""
+    classes = encoder.scene_classes
+    targets, labelled = [], 0
+    for i, rec in enumerate(records):
+        if rec.scene in classes:
+            targets.append(classes.index(rec.scene))
+            labelled += 1
+        else:
+            targets.append(int(real_out.scene_probs[i].argmax()))
+    return np.asarray(targets), labelled
+
+
+def faithfulness(
+    encoder: DomainEncoder, out: DomainOutputs, requested: list[EvalRecord], side: int, seed: int
+) -> dict[str, Estimate]:
+    """GSD and season agreement between what the encoder sees and what was requested, per field."""
+    result: dict[str, Estimate] = {}
+    gsd_idx = [i for i, r in enumerate(requested) if r.metadata.gsd is not None]
+    if gsd_idx:
+        want = np.log2([encoder.gsd_at_input(requested[i].metadata.gsd, side) for i in gsd_idx])
+        err = np.abs(out.log2_gsd[gsd_idx] - want)
+        result["gsd_error"] = mean_estimate(err, seed=seed)
+        result["gsd_within_1.5x"] = mean_estimate((err < WITHIN_LOG2).astype(float), seed=seed)
+    else:
+        note = "no record has a GSD"
+        result["gsd_error"] = result["gsd_within_1.5x"] = Estimate.missing(note)
+    season_idx = [i for i, r in enumerate(requested) if r.metadata.month is not None]
+    if season_idx:
+        want_s = np.asarray([season_of(requested[i].metadata.month, requested[i].metadata.lat) for i in season_idx])
+        result["season_accuracy"] = mean_estimate((out.season[season_idx] == want_s).astype(float), seed=seed)
+    else:
+        result["season_accuracy"] = Estimate.missing("no record has a month (season unknown)")
+    return result
+
+
+def clip_scores(clip, images: torch.Tensor, captions: list[str]) -> np.ndarray:
+    """Per-image CLIP score with torchmetrics' CLIPScore and the locally loaded model."""
+    from torchmetrics.multimodal.clip_score import CLIPScore
+
+    model, processor = clip
+    metric = CLIPScore(model_name_or_path=lambda: (model, processor))
+    values = []
+    for image, caption in zip(images, captions):
+        metric.update((image * 255).round().to(torch.uint8), caption)
+        values.append(float(metric.compute()))
+        metric.reset()
+    return np.asarray(values)
+
+
+def compute_metrics(
+    task: str, records: list[EvalRecord], real: torch.Tensor, candidates: list[Candidate], nets: Networks,
+    seed: int = 0, bootstrap: int = 50,
+) -> tuple[dict[str, dict[str, Estimate]], dict[str, Any]]:
+    """All metrics of ``task`` for every candidate → ({metric: {row: Estimate}}, per-condition details)."""
+    n = len(records)
+    order = np.random.default_rng(seed).permutation(n)
+    half_a, half_b = np.sort(order[: n // 2]), np.sort(order[n // 2:])
+    tables: dict[str, dict[str, Estimate]] = {}
+
+    def put(metric: str, row: str, est: Estimate) -> None:
+        tables.setdefault(metric, {})[row] = est
+
+    side = int(real.shape[-1])
+    per_condition: dict[str, Any] = {}
+    # Domain encoder: set metrics, classification, faithfulness, domain LPIPS.
+    if nets.domain is not None:
+        real_out = domain_outputs(nets.domain, real, desc="domain features (real)")
+        targets, labelled = classification_targets(nets.domain, records, real_out)
+        ref = real_out.embedding[half_a]
+        conditions = sorted({nets.domain.scene_classes[t] for t in targets})
+        for c in candidates:
+            out = real_out if c.role == "floor" else domain_outputs(nets.domain, c.images, desc=f"domain features ({c.name})")
+            put("domain_fid", c.name, fid(ref, out.embedding[half_b], seed=seed, resamples=bootstrap))
+            put("domain_kid", c.name, kid(ref, out.embedding[half_b], seed=seed))
+            hits = (out.scene_probs.argmax(-1) == targets).astype(float)
+            est = mean_estimate(hits, seed=seed)
+            if labelled < n:
+                est.note = f"{n - labelled} of {n} records have no known scene: target = class of the real image"
+            put("classification_score", c.name, est)
+            for metric, value in faithfulness(nets.domain, out, _requested(c, records), side, seed).items():
+                put(metric, c.name, value)
+            for cond in conditions:
+                idx = np.asarray([i for i, t in enumerate(targets) if nets.domain.scene_classes[t] == cond])
+                entry = per_condition.setdefault(cond, {"num_records": int(len(idx)), "classification_score": {}})
+                entry["classification_score"][c.name] = float(hits[idx].mean())
+        per_condition["_targets"] = [nets.domain.scene_classes[t] for t in targets]
+    # Inception: FID, KID (+ IS for generation).
+    if nets.inception is not None:
+        real_inc = inception_outputs(nets.inception, real, desc="inception features (real)")
+        for c in candidates:
+            out_i = real_inc if c.role == "floor" else inception_outputs(nets.inception, c.images)
+            put("fid", c.name, fid(real_inc.features[half_a], out_i.features[half_b], seed=seed, resamples=bootstrap))
+            put("kid", c.name, kid(real_inc.features[half_a], out_i.features[half_b], seed=seed))
+            if task == "generate":
+                put("is", c.name, inception_score(out_i.logits, seed=seed) if out_i.logits is not None
+                    else Estimate.missing("the Inception network gives no class logits"))
+    else:
+        reason = nets.status.get("inception", {}).get("reason", "no Inception network")
+        for metric in ("fid", "kid") + (("is",) if task == "generate" else ()):
+            for c in candidates:
+                put(metric, c.name, Estimate.missing(reason))
+    if task == "generate":
+        for c in candidates:
+            if nets.clip is None:
+                put("clip_score", c.name, Estimate.missing(nets.status.get("clip", {}).get("reason", "no CLIP model")))
+            else:
+                put("clip_score", c.name, mean_estimate(clip_scores(nets.clip, c.images, [r.caption for r in _requested(c, records)]), seed=seed))
+    # Pairwise metrics against the reference image of the same record.
+    if task in PAIRED_TASKS:
+        other = real.roll(n // 2, dims=0)  # the floor row compares each real image with another one
+        for c in candidates:
+            pred = other if c.role == "floor" else c.images
+            put("psnr", c.name, summarize_psnr(psnr_per_image(pred, real), seed=seed))
+            put("ssim", c.name, mean_estimate(ssim_per_image(pred, real), seed=seed))
+            for metric, net in (("lpips", nets.lpips), ("domain_lpips", nets.domain_lpips)):
+                if net is None:
+                    reason = nets.status.get("lpips" if metric == "lpips" else "domain_encoder", {}).get("reason", "not available")
+                    put(metric, c.name, Estimate.missing(reason))
+                else:
+                    values = np.concatenate([net(pred[i:i + 64], real[i:i + 64]).numpy() for i in range(0, n, 64)])
+                    put(metric, c.name, mean_estimate(values, seed=seed))
+    return tables, per_condition
+
+
+# --- step 7 + the whole run ------------------------------------------------------------------------------
+def evaluate(config: EvaluationConfig) -> dict[str, Any]:
+    """Run one evaluation and write the report; returns the report as a dict."""
+    from .. import __version__
+    from .report import write_report
+
+    # 1. inputs
+    config.validate()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # 2. real records
+    records = select_records(load_records(config.data), config.num_samples, config.seed)
+    if len(records) < 2:
+        raise ValueError(f"evaluation data {str(config.data)!r}: need at least 2 records, found {len(records)}")
+
+    # 3. generated images of each model
+    sources = [("model", config.generated or config.model)]
+    if config.compare is not None:
+        sources.append(("compare", config.compare))
+    folders: list[tuple[str, Path, str]] = []
+    for role_name, source in sources:
+        assert source is not None
+        if is_model_folder(source) or (role_name == "model" and config.generated is None):
+            if config.task in PAIRED_TASKS:
+                raise ValueError(f"task {config.task!r}: {role_name} {str(source)!r} is a model; pass its generated images")
+            folder = generate_for_records(
+                str(source), records, out / f"generated-{role_name}", seed=config.seed, steps=config.steps,
+                guidance_scale=config.guidance_scale, size=config.size, device=config.device, overwrite=config.overwrite,
+            )
+            folders.append((role_name, folder, str(source)))
+        else:
+            folders.append((role_name, Path(source), str(source)))
+
+    size: tuple[int, int] | None = None
+    model_rows: list[tuple[str, list[EvalRecord], torch.Tensor, list[EvalRecord], str]] = []
+    for role_name, folder, label in folders:
+        if size is None:
+            first = load_records(folder)[0]
+            size = tuple(read_image(first.image).shape[-2:])  # type: ignore[assignment]
+        kept, images, requested = load_generated(folder, records, size, config.task, role_name)  # type: ignore[arg-type]
+        model_rows.append((role_name, kept, images, requested, label))
+    # Every row is evaluated on the records all models have.
+    common = set.intersection(*({r.key for r in kept} for _, kept, _, _, _ in model_rows))
+    records = [r for r in records if r.key in common]
+    if len(records) < 2:
+        raise ValueError("fewer than 2 real records have generated images; nothing to compare")
+    assert size is not None
+    real = load_stack(records, size)
+    candidates: list[Candidate] = []
+    for role_name, kept, images, requested, label in model_rows:
+        index = [i for i, r in enumerate(kept) if r.key in common]
+        candidates.append(Candidate(role_name, "model", images[index], f"{role_name}: {label}", source=label,
+                                    requested=[requested[i] for i in index]))
+
+    # 4. baselines
+    candidates += build_baselines(config.task, records, real, config.seed)
+
+    # 5-6. networks and metrics
+    nets = load_networks(config)
+    tables, per_condition = compute_metrics(config.task, records, real, candidates, nets, config.seed, config.bootstrap)
+
+    report = {
+        "task": config.task,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "diffusionsat_version": __version__,
+        "data": str(config.data),
+        "num_records": len(records),
+        "image_size": list(size),
+        "seed": config.seed,
+        "generation": {"steps": config.steps, "guidance_scale": config.guidance_scale} if config.generated is None else None,
+        "rows": [{"name": c.name, "role": c.role, "description": c.description, "source": c.source} for c in candidates],
+        "networks": nets.status,
+        "metrics": {
+            name: {"better": METRIC_INFO[name][0], "description": METRIC_INFO[name][1],
+                   "rows": {row: est.to_dict() for row, est in rows.items()}}
+            for name, rows in tables.items()
+        },
+        "per_condition": {k: v for k, v in per_condition.items() if not k.startswith("_")},
+        "seasons": list(SEASONS),
+    }
+    # 7. files
+    targets = per_condition.get("_targets") or [r.scene or "all" for r in records]
+    report["grids"] = write_report(report, out, records, real, candidates, targets, overwrite=config.overwrite)
+    return report

@@ -1,0 +1,120 @@
+"""Report files people can read: ``report.json``, ``report.md`` and real-vs-generated grids."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import PIL.ImageDraw
+import torch
+
+from ..fileio import atomic_path
+from .dataset import EvalRecord
+
+logger = logging.getLogger(__name__)
+
+GRID_COLUMNS = 8
+GRID_CELL = 96
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if value != 0 and (abs(value) >= 1e4 or abs(value) < 1e-3):
+        return f"{value:.3e}"
+    return f"{value:.4f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: what was compared, which networks ran, and one table per metric."""
+    lines = [
+        f"# diffusionsat evaluation — task `{report['task']}`",
+        "",
+        f"- data: `{report['data']}` ({report['num_records']} records, images compared at "
+        f"{report['image_size'][1]}x{report['image_size'][0]} px), seed {report['seed']}",
+        f"- created {report['created']} with diffusionsat {report['diffusionsat_version']}",
+        "",
+        "## Rows",
+        "",
+        "| row | role | what it is |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {r['name']} | {r['role']} | {r['description']} |" for r in report["rows"]]
+    lines += ["", "## Feature networks", ""]
+    for name, status in report["networks"].items():
+        text = f"available ({status['path']})" if status["available"] else f"**not available** — {status['reason']}"
+        lines.append(f"- {name}: {text}")
+    lines += ["", "## Metrics", "",
+              "Each value: estimate [95 % interval]; std = per-image spread (KID/IS: over subsets; FID: bootstrap); "
+              "n = images per row.", ""]
+    for name, table in report["metrics"].items():
+        lines += [f"### {name} ({table['better']} is better)", "", table["description"], "",
+                  "| row | value | 95% interval | std | n | note |", "|---|---|---|---|---|---|"]
+        for row, est in table["rows"].items():
+            interval = "—" if est["low"] is None else f"[{_fmt(est['low'])}, {_fmt(est['high'])}]"
+            lines.append(f"| {row} | {_fmt(est['value'])} | {interval} | {_fmt(est['std'])} | {est['n']} | {est['note'] or ''} |")
+        lines.append("")
+    if report.get("per_condition"):
+        rows = [r["name"] for r in report["rows"]]
+        lines += ["## Classification score per condition", "", "| condition | records | " + " | ".join(rows) + " |",
+                  "|---|---|" + "---|" * len(rows)]
+        for cond, entry in report["per_condition"].items():
+            scores = [_fmt(entry["classification_score"].get(r)) for r in rows]
+            lines.append(f"| {cond} | {entry['num_records']} | " + " | ".join(scores) + " |")
+        lines.append("")
+    if report.get("grids"):
+        lines += ["## Samples (top row real, then one row per model)", ""]
+        lines += [f"![{g}]({g})" for g in report["grids"]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _to_pil(image: torch.Tensor) -> PIL.Image.Image:
+    arr = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    return PIL.Image.fromarray(arr).resize((GRID_CELL, GRID_CELL), PIL.Image.NEAREST)
+
+
+def grid_image(rows: list[tuple[str, torch.Tensor]]) -> PIL.Image.Image:
+    """One labelled row of up to ``GRID_COLUMNS`` images per (label, images)."""
+    label_w = 110
+    cols = max(len(images) for _, images in rows)
+    canvas = PIL.Image.new("RGB", (label_w + cols * (GRID_CELL + 2), len(rows) * (GRID_CELL + 2)), "white")
+    draw = PIL.ImageDraw.Draw(canvas)
+    for r, (label, images) in enumerate(rows):
+        y = r * (GRID_CELL + 2)
+        draw.text((4, y + GRID_CELL // 2 - 6), label[:16], fill="black")
+        for c, image in enumerate(images):
+            canvas.paste(_to_pil(image), (label_w + c * (GRID_CELL + 2), y))
+    return canvas
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "all"
+
+
+def write_report(
+    report: dict[str, Any], out: Path, records: list[EvalRecord], real: torch.Tensor, candidates: list, conditions: list[str],
+    overwrite: bool = False,
+) -> list[str]:
+    """Write grids (real row, then each model row, per condition), ``report.json`` and ``report.md``."""
+    grids = []
+    models = [c for c in candidates if c.role == "model"]
+    for cond in sorted(set(conditions)):
+        idx = [i for i, c in enumerate(conditions) if c == cond][:GRID_COLUMNS]
+        rows = [("real", real[idx])] + [(c.name, c.images[idx]) for c in models]
+        name = f"grid_{_slug(cond)}.png"
+        with atomic_path(out / name, overwrite=overwrite) as tmp:
+            grid_image(rows).save(tmp, format="PNG")
+        grids.append(name)
+    report["grids"] = grids
+    with atomic_path(out / "report.json", overwrite=overwrite) as tmp:
+        tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    with atomic_path(out / "report.md", overwrite=overwrite) as tmp:
+        tmp.write_text(markdown(report), encoding="utf-8")
+    logger.info("wrote %s", out / "report.md")
+    return grids
