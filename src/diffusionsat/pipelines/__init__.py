@@ -1,5 +1,16 @@
 """Pipelines in diffusers style."""
 
+from .pipeline_controlnet import (
+    DiffusionSatControlNetPipeline,
+    controlnet_noise_pred,
+    load_controlnet_pipeline,
+)
 from .pipeline_diffusionsat import DiffusionSatPipeline, DiffusionSatPipelineOutput
 
-__all__ = ["DiffusionSatPipeline", "DiffusionSatPipelineOutput"]
+__all__ = [
+    "DiffusionSatPipeline",
+    "DiffusionSatPipelineOutput",
+    "DiffusionSatControlNetPipeline",
+    "controlnet_noise_pred",
+    "load_controlnet_pipeline",
+]

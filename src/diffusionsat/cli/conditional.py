@@ -1,0 +1,268 @@
+"""``diffusionsat superres | temporal | inpaint`` and ``generate --control``: ControlNet tasks.
+
+Each reads georeferenced rasters, calls one function of :mod:`diffusionsat.conditional`, and writes
+PNG + GeoTIFF (on the input's footprint) + JSON sidecar. A task model is the base model folder plus
+a ``controlnet/`` subfolder (``--model``), or a separate ``--controlnet`` folder.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from pathlib import Path
+
+import click
+
+from .. import conditional as tasks
+from ..loading import model_version, resolve_model
+from ..outputs import check_outputs, output_paths
+from ..schedulers import SCHEDULERS, make_scheduler, scheduler_name
+from .main import InputError, cli
+from .options import metadata_from_options, metadata_options, sampling_options
+
+
+def task_options(func):
+    """Options every conditional task shares (besides metadata and sampling)."""
+    options = [
+        click.option("--prompt", default="", show_default=True, help="Text prompt (e.g. 'a satellite image of farmland')."),
+        click.option("--controlnet", "controlnet", default=None,
+                     help="ControlNet folder (default: MODEL/controlnet)."),
+        click.option("--bands", default=None, help="Bands to use: 1-based indices or names, e.g. 1,2,3 or B04,B03,B02."),
+        click.option("--window", default=None, help="Only this pixel window of the input: COL,ROW,WIDTH,HEIGHT."),
+        click.option("--tile", type=int, default=None, help="Tile size in model pixels (default: the model's native size)."),
+        click.option("--overlap", type=int, default=None, help="Tile overlap in model pixels (default: tile/4)."),
+        click.option("--out", default=None, help="Output PNG path (default: INPUT_<task>.png)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _check_sampling(steps: int, guidance: float, scheduler: str | None, tile: int | None, overlap: int | None) -> None:
+    if not 1 <= steps <= 1000:
+        raise InputError(f"--steps={steps}: out of range; allowed [1, 1000]")
+    if not 0 <= guidance <= 50:
+        raise InputError(f"--guidance={guidance}: out of range; allowed [0, 50]")
+    if scheduler is not None and scheduler.lower() not in SCHEDULERS:
+        raise InputError(f"--scheduler={scheduler!r}: unknown; choose one of {', '.join(SCHEDULERS)}")
+    if tile is not None and tile < 8:
+        raise InputError(f"--tile={tile}: must be >= 8")
+    if overlap is not None and (overlap < 0 or (tile is not None and overlap >= tile)):
+        raise InputError(f"--overlap={overlap}: must be >= 0 and smaller than the tile")
+
+
+def _load(model, controlnet, device, scheduler):
+    from ..pipelines.pipeline_controlnet import load_controlnet_pipeline
+
+    location = resolve_model(model)
+    pipe = load_controlnet_pipeline(location, controlnet=controlnet, device=device)
+    if scheduler is not None:
+        pipe.scheduler = make_scheduler(scheduler, pipe.scheduler)
+    return pipe, location
+
+
+def _write(result, out, default_stem, task, prompt, steps, guidance, pipe, location, overwrite):
+    paths = output_paths(out or f"{default_stem}_{task}.png", 1, geotiff=result.crs is not None)[0]
+    check_outputs([paths], overwrite)
+    written = tasks.save_task_result(
+        result, paths, task=task, prompt=prompt, steps=steps, guidance_scale=guidance,
+        scheduler=scheduler_name(pipe.scheduler), model=Path(location).name if Path(location).exists() else location,
+        model_version=model_version(location), overwrite=overwrite,
+    )
+    click.echo(" ".join(str(p) for p in written.all()))
+
+
+def _overrides(lat, lon, gsd, cloud_cover, cloud_percent, date):
+    md = metadata_from_options(lat, lon, gsd, cloud_cover, cloud_percent, date)
+    return None if md.is_unknown() else md
+
+
+def _seed(seed: int | None) -> int:
+    return seed if seed is not None else random.SystemRandom().randrange(2**31)
+
+
+def _sampling_kwargs(steps, guidance, metadata_guidance, tile, overlap) -> dict:
+    return {"num_inference_steps": steps, "guidance_scale": guidance, "metadata_guidance_scale": metadata_guidance,
+            "tile_size": tile, "tile_overlap": overlap}
+
+
+SUPERRES_EXAMPLES = """
+\b
+Examples:
+  diffusionsat superres ../shared/data/sentinel2-slovenia/reference_scene_0.tif --scale 4 \\
+      --bands B04,B03,B02,B08 --model models/superres --seed 1 --out slovenia_x4.png
+  # multi-image SR: several dates of one place, fused during sampling
+  diffusionsat superres scene_0.tif scene_1.tif scene_2.tif --scale 4 --model models/superres
+"""
+
+
+@cli.command(epilog=SUPERRES_EXAMPLES)
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--scale", type=int, default=4, show_default=True, help="Upscaling factor, [1, 16].")
+@click.option("--reproject", is_flag=True, help="Resample inputs on another grid onto the first input's grid.")
+@task_options
+@metadata_options
+@sampling_options
+def superres(inputs, scale, reproject, prompt, controlnet, bands, window, tile, overlap, out, lat, lon, gsd,
+             cloud_cover, cloud_percent, date, seed, steps, guidance, metadata_guidance, scheduler, model, device,
+             overwrite):
+    """Super-resolve low-res raster INPUTS (one, or several dates of one place) to RGB SCALE times finer.
+
+    Large scenes are processed tile by tile with blended overlaps; the output keeps the input's
+    footprint and CRS with a GSD SCALE times finer.
+    """
+    if not 1 <= scale <= 16:
+        raise InputError(f"--scale={scale}: out of range; allowed [1, 16]")
+    _check_sampling(steps, guidance, scheduler, tile, overlap)
+    overrides = _overrides(lat, lon, gsd, cloud_cover, cloud_percent, date)
+    pipe, location = _load(model, controlnet, device, scheduler)
+    chosen = bands or (",".join(tasks.controlnet_bands(pipe)) if tasks.controlnet_bands(pipe) else None)
+    parsed = tasks.parse_window(window)
+    rasters = [tasks.read_input(p, bands=chosen, window=parsed) for p in inputs]
+    result = tasks.superresolve(pipe, rasters, scale=scale, prompt=prompt, metadata=overrides, seed=_seed(seed),
+                                reproject=reproject, **_sampling_kwargs(steps, guidance, metadata_guidance, tile, overlap))
+    _write(result, out, Path(inputs[0]).stem, "superres", prompt, steps, guidance, pipe, location, overwrite)
+
+
+TEMPORAL_EXAMPLES = """
+\b
+Examples:
+  diffusionsat temporal ../shared/data/landsat-timeseries/1995.tif \\
+      ../shared/data/landsat-timeseries/1985.tif ../shared/data/landsat-timeseries/1990.tif \\
+      --date-pattern '{YYYY}.tif' --target-date 2000 --bands 1,2,3 --model models/temporal
+  diffusionsat temporal naip/*_2015*.tif naip/*_2017*.tif --date-pattern '*_{YYYYMMDD}.tif' \\
+      --target-date 2021-06-01 --reproject --bands 1,2,3,4 --model models/temporal
+"""
+
+
+@cli.command(epilog=TEMPORAL_EXAMPLES)
+@click.argument("frames", nargs=-1, required=True)
+@click.option("--target-date", required=True, help="Date of the image to generate (ISO 8601: 2021-06-01, 2021-06, 2021).")
+@click.option("--frame-dates", default=None, help="Dates of the frames, comma-separated, in the order given.")
+@click.option("--date-pattern", default=None, help="Date in the file names, e.g. '*_{YYYYMMDD}.tif' or '{YYYY}.tif'.")
+@click.option("--reproject", is_flag=True, help="Resample frames on another grid onto the first frame's grid.")
+@task_options
+@metadata_options
+@sampling_options
+def temporal(frames, target_date, frame_dates, date_pattern, reproject, prompt, controlnet, bands, window, tile,
+             overlap, out, lat, lon, gsd, cloud_cover, cloud_percent, date, seed, steps, guidance, metadata_guidance,
+             scheduler, model, device, overwrite):
+    """Generate the image of a place at --target-date from FRAMES of it at other dates (any order).
+
+    Frames are sorted by date; dates come from --frame-dates, sidecars, tags, Landsat IDs or
+    --date-pattern. All frames must share the first frame's grid (or use --reproject).
+    """
+    from ..metadata import parse_date
+
+    if date is not None:
+        raise InputError("use --target-date for the date to generate (--date is not used by temporal)")
+    parse_date(target_date, field="target_date")
+    dates = [d.strip() for d in frame_dates.split(",")] if frame_dates else [None] * len(frames)
+    if len(dates) != len(frames):
+        raise InputError(f"--frame-dates has {len(dates)} dates for {len(frames)} frames")
+    _check_sampling(steps, guidance, scheduler, tile, overlap)
+    overrides = _overrides(lat, lon, gsd, cloud_cover, cloud_percent, None)
+    parsed = tasks.parse_window(window)
+    rasters = [tasks.read_input(p, bands=bands, window=parsed, date=d, date_pattern=date_pattern)
+               for p, d in zip(frames, dates)]
+    undated = [r.path.name for r in rasters if r.metadata.year is None]
+    if undated:
+        raise InputError(f"no date known for {undated[0]}; give --frame-dates or --date-pattern")
+    pipe, location = _load(model, controlnet, device, scheduler)
+    result = tasks.predict_temporal(pipe, rasters, target_date=target_date, prompt=prompt, metadata=overrides,
+                                    seed=_seed(seed), reproject=reproject,
+                                    **_sampling_kwargs(steps, guidance, metadata_guidance, tile, overlap))
+    _write(result, out, Path(frames[0]).stem, "temporal", prompt, steps, guidance, pipe, location, overwrite)
+
+
+INPAINT_EXAMPLES = """
+\b
+Examples:
+  diffusionsat inpaint ../shared/data/spacenet-samples/sample_geotiff.tif --bands 1,1,1 \\
+      --geojson ../shared/data/spacenet-samples/sample_geotiff_buildings.geojson --model models/inpaint
+  diffusionsat inpaint scene.tif --mask damage_mask.tif --bands 1,2,3 --model models/inpaint
+"""
+
+
+@cli.command(epilog=INPAINT_EXAMPLES)
+@click.argument("image")
+@click.option("--mask", "mask_path", default=None, help="1-band raster on the image's grid; non-zero = fill.")
+@click.option("--geojson", default=None, help="GeoJSON features to fill (EPSG:4326 unless the file names a CRS).")
+@task_options
+@metadata_options
+@sampling_options
+def inpaint(image, mask_path, geojson, prompt, controlnet, bands, window, tile, overlap, out, lat, lon, gsd,
+            cloud_cover, cloud_percent, date, seed, steps, guidance, metadata_guidance, scheduler, model, device,
+            overwrite):
+    """Fill the masked pixels of IMAGE; every unmasked pixel is returned exactly as read."""
+    if (mask_path is None) == (geojson is None):
+        raise InputError("give exactly one of --mask MASK.tif or --geojson FEATURES.geojson")
+    _check_sampling(steps, guidance, scheduler, tile, overlap)
+    overrides = _overrides(lat, lon, gsd, cloud_cover, cloud_percent, date)
+    parsed = tasks.parse_window(window)
+    raster = tasks.read_input(image, bands=bands, window=parsed)
+    if mask_path is not None:
+        fill = tasks.mask_from_raster(mask_path, raster, window=parsed)
+    else:
+        fill = tasks.mask_from_geojson(geojson, raster)
+    pipe, location = _load(model, controlnet, device, scheduler)
+    result = tasks.inpaint_raster(pipe, raster, fill, prompt=prompt, metadata=overrides, seed=_seed(seed),
+                                  **_sampling_kwargs(steps, guidance, metadata_guidance, tile, overlap))
+    _write(result, out, Path(image).stem, "inpaint", prompt, steps, guidance, pipe, location, overwrite)
+
+
+# --- `generate --control KIND IMAGE`: a hook on the existing generate command ------------------------
+def _controlled_generate(original, control, controlnet, **kwargs):
+    """Run plain ``generate`` unless ``--control`` is given; then steer it with the control map."""
+    if control is None:
+        if controlnet is not None:
+            raise InputError("--controlnet needs --control KIND IMAGE")
+        return original(**kwargs)
+    kind, image = control
+    prompt, num_images = kwargs["prompt"], kwargs["num_images"]
+    steps, guidance, scheduler = kwargs["steps"], kwargs["guidance"], kwargs["scheduler"]
+    if kwargs.get("width") is not None or kwargs.get("height") is not None:
+        raise InputError("with --control the output has the control image's size; drop --width/--height")
+    if not 1 <= num_images <= 64:
+        raise InputError(f"--num-images={num_images}: out of range; allowed [1, 64]")
+    _check_sampling(steps, guidance, scheduler, None, None)
+    overrides = _overrides(kwargs["lat"], kwargs["lon"], kwargs["gsd"], kwargs["cloud_cover"], kwargs["cloud_percent"],
+                           kwargs["date"])
+    raster = tasks.read_input(image)
+    paths = output_paths(kwargs["out"] or f"{Path(image).stem}_{kind}.png", num_images,
+                         geotiff=raster.georeferenced or kwargs["geotiff"])
+    check_outputs(paths, kwargs["overwrite"])
+    pipe, location = _load(kwargs["model"], controlnet, kwargs["device"], scheduler)
+    seed = _seed(kwargs["seed"])
+    for i, path in enumerate(paths):
+        result = tasks.controlled_generation(
+            pipe, raster, kind, prompt=prompt, metadata=overrides, seed=seed + i,
+            num_inference_steps=steps, guidance_scale=guidance, metadata_guidance_scale=kwargs["metadata_guidance"],
+            negative_prompt=kwargs["negative_prompt"],
+        )
+        if result.crs is None and kwargs["geotiff"]:
+            raise InputError("--geotiff with --control needs a georeferenced control image")
+        written = tasks.save_task_result(
+            result, path, task="control", prompt=prompt, steps=steps, guidance_scale=guidance,
+            scheduler=scheduler_name(pipe.scheduler), model=Path(location).name if Path(location).exists() else location,
+            model_version=model_version(location), overwrite=kwargs["overwrite"],
+        )
+        click.echo(" ".join(str(p) for p in written.all()))
+
+
+def _hook_generate() -> None:
+    command = cli.commands.get("generate")
+    if command is None or any(p.name == "control" for p in command.params):
+        return
+    command.params.append(click.Option(
+        ["--control"], nargs=2, type=(click.Choice(tasks.CONTROL_KINDS), str), default=None,
+        help="Steer generation with a map: road|mask|edges IMAGE (needs a model with a controlnet/).",
+    ))
+    command.params.append(click.Option(["--controlnet"], default=None, help="ControlNet folder for --control."))
+    command.callback = functools.partial(_controlled_generate, command.callback)
+    command.epilog = (command.epilog or "") + (
+        "  diffusionsat generate 'roads in a desert town' --control road roads.tif --model models/control\n"
+    )
+
+
+_hook_generate()
