@@ -323,21 +323,23 @@ def read_chip(
 ) -> Chip:
     """Read one window of a validated raster into a :class:`Chip` (optionally resized to ``out_size``)."""
     import rasterio
-    from rasterio.enums import Resampling
     from rasterio.errors import RasterioError
     from rasterio.windows import Window
 
     col, row, w, h = window
     win = Window(col, row, w, h)
-    shape = (out_size, out_size) if out_size else (h, w)
     try:
+        # Always full resolution: overviews may be nearest-neighbour (aliasing) or hide damaged data.
         with rasterio.open(info.path) as src:
-            image = src.read(info.bands, window=win, out_shape=(len(info.bands), *shape),
-                             resampling=Resampling.average if out_size and out_size < w else Resampling.bilinear)
-            valid = src.dataset_mask(window=win, out_shape=shape, resampling=Resampling.nearest) > 0
+            image = src.read(info.bands, window=win)
+            valid = src.dataset_mask(window=win) > 0
     except (RasterioError, OSError) as err:
         raise DataError(info.path, f"cannot read pixels of window col={col} row={row} size={w}×{h} "
                                    f"({str(err).splitlines()[0]}); the file is damaged") from None
+    if out_size and out_size != w:
+        from .transforms import resample
+
+        image, valid = resample(image, out_size), resample(valid[None], out_size, nearest=True)[0]
     if np.issubdtype(image.dtype, np.floating):
         valid &= np.isfinite(image).all(axis=0)
     notes: list[str] = []

@@ -31,6 +31,32 @@ def to_model_range(
     return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
 
 
+def resample(image: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+    """Resample (C, H, W) to ``size``×``size`` keeping the dtype.
+
+    Downsampling by a whole factor is a block average (what a coarser sensor would record);
+    other factors use antialiased bilinear interpolation; ``nearest`` for masks and labels.
+    """
+    c, h, w = image.shape
+    if (h, w) == (size, size):
+        return image
+    if nearest:
+        rows = (np.arange(size) * h // size).clip(0, h - 1)
+        cols = (np.arange(size) * w // size).clip(0, w - 1)
+        return image[:, rows][:, :, cols]
+    if h == w and h % size == 0:
+        f = h // size
+        out = image.astype(np.float64).reshape(c, size, f, size, f).mean(axis=(2, 4))
+    else:
+        x = torch.from_numpy(image.astype(np.float32))[None]
+        out = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=size < h,
+                                              align_corners=False)[0].numpy()
+    if np.issubdtype(image.dtype, np.integer):
+        info = np.iinfo(image.dtype)
+        out = np.clip(np.round(out), info.min, info.max)
+    return out.astype(image.dtype)
+
+
 def to_uint8(pixel_values: torch.Tensor | np.ndarray) -> np.ndarray:
     """[-1, 1] (C, H, W) → uint8 (H, W, C), for PNG previews and outputs."""
     arr = pixel_values.detach().cpu().numpy() if isinstance(pixel_values, torch.Tensor) else np.asarray(pixel_values)
