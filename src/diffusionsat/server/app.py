@@ -66,6 +66,25 @@ class ApiError(Exception):
             self.body["allowed"] = allowed
 
 
+def _error_doc(text: str) -> dict[str, Any]:
+    return {"description": text, "content": {"application/json": {"example": {"error": "code", "detail": text}}}}
+
+
+#: Error answers every job-creating endpoint may give (shown in the OpenAPI document).
+JOB_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: _error_doc("missing or wrong bearer token (only when the server has --token)"),
+    413: _error_doc("request body or an uploaded image is over the size limits"),
+    422: _error_doc("a field is invalid; `field` names it and `detail` gives the allowed range"),
+    429: _error_doc("the job queue is full; retry after `Retry-After` seconds"),
+    503: _error_doc("the server is shutting down; retry after `Retry-After` seconds"),
+}
+TASK_ERRORS: dict[int | str, dict[str, Any]] = {
+    **JOB_ERRORS,
+    409: _error_doc("the served model lacks the ControlNet this task needs; `component` names it"),
+    501: _error_doc("the model has the component but this diffusionsat version cannot run the task"),
+}
+
+
 def field_error(field: str, detail: str, allowed: str | None = None, status: int = 422) -> ApiError:
     return ApiError(status, "invalid_field" if status == 422 else "too_large", detail, field=field, allowed=allowed)
 
@@ -344,7 +363,8 @@ def create_app(model: str | Path | None = None, *, pipeline: Any = None, config:
 
     api = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
 
-    @api.post("/generate", status_code=202, summary="Generate images from a prompt and metadata (a job)")
+    @api.post("/generate", status_code=202, summary="Generate images from a prompt and metadata (a job)",
+              responses=JOB_ERRORS)
     async def generate(body: GenerateBody) -> JSONResponse:
         request, geotiff = build_request(body.model_dump(exclude_unset=True), served)
         return submit("generate", generate_work(request, geotiff, served), summary_of(request, geotiff))
@@ -370,7 +390,8 @@ def create_app(model: str | Path | None = None, *, pipeline: Any = None, config:
         return (max(multiple, image.width * factor // multiple * multiple),
                 max(multiple, image.height * factor // multiple * multiple))
 
-    @api.post("/superres", status_code=202, summary="Super-resolve a low-res GeoTIFF/PNG (a job)")
+    @api.post("/superres", status_code=202, summary="Super-resolve a low-res GeoTIFF/PNG (a job)",
+              responses=TASK_ERRORS)
     async def superres(
         image: Annotated[UploadFile, File(description="Low-resolution GeoTIFF or PNG (any band count)")],
         fields: Annotated[dict[str, Any], Depends(sampling_form)],
@@ -381,7 +402,8 @@ def create_app(model: str | Path | None = None, *, pipeline: Any = None, config:
         low = await read_upload(image, "image", config)
         return await conditional("superres", fields, [low], scale=scale)
 
-    @api.post("/temporal", status_code=202, summary="Generate the image of a place at a target date from past frames")
+    @api.post("/temporal", status_code=202, summary="Generate the image of a place at a target date from past frames",
+              responses=TASK_ERRORS)
     async def temporal(
         frames: Annotated[list[UploadFile], File(description="1 to max_frames GeoTIFF/PNG images of one place")],
         frame_dates: Annotated[list[str], Form(description="One ISO date per frame (repeat the field or comma-separate)")],
@@ -411,7 +433,8 @@ def create_app(model: str | Path | None = None, *, pipeline: Any = None, config:
                                   f"frames[0] ({images[0].width}x{images[0].height}x{images[0].bands}); frames must match")
         return await conditional("temporal", fields, images, frame_metadata=frame_metadata)
 
-    @api.post("/inpaint", status_code=202, summary="Fill the masked pixels of an image (a job)")
+    @api.post("/inpaint", status_code=202, summary="Fill the masked pixels of an image (a job)",
+              responses=TASK_ERRORS)
     async def inpaint(
         image: Annotated[UploadFile, File(description="GeoTIFF or PNG to fill")],
         mask: Annotated[UploadFile, File(description="1-band mask of the same size; non-zero = fill")],

@@ -46,9 +46,10 @@ class UploadedImage:
         """Pixels as ``(bands, height, width)``, in the file's dtype."""
         from rasterio.io import MemoryFile
 
-        with warnings.catch_warnings(), MemoryFile(self.data) as memfile, memfile.open() as src:
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # NotGeoreferencedWarning for plain PNGs
-            return src.read()
+            with MemoryFile(self.data) as memfile, memfile.open() as src:
+                return src.read()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -81,12 +82,13 @@ def inspect_image(field: str, filename: str | None, data: bytes, *, max_bytes: i
     from rasterio.io import MemoryFile
 
     try:
-        with warnings.catch_warnings(), MemoryFile(data) as memfile, memfile.open() as src:
-            warnings.simplefilter("ignore")
-            width, height, bands = src.width, src.height, src.count
-            dtype = src.dtypes[0] if src.count else "none"
-            crs = src.crs.to_string() if src.crs else None
-            transform = tuple(src.transform)[:6] if src.crs else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # NotGeoreferencedWarning for plain PNGs
+            with MemoryFile(data) as memfile, memfile.open() as src:
+                width, height, bands = src.width, src.height, src.count
+                dtype = src.dtypes[0] if src.count else "none"
+                crs = src.crs.to_string() if src.crs else None
+                transform = tuple(src.transform)[:6] if src.crs else None
     except RasterioIOError as err:
         raise UploadError(field, f"cannot read the {kind} file ({str(err).splitlines()[0][:120]})") from None
     if width * height > max_pixels:
