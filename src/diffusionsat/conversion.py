@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -130,6 +129,6 @@ def convert_controlnet(
             f"({len(result.missing_keys)} missing, e.g. {missing}; {len(result.unexpected_keys)} unexpected, e.g. {unexpected})"
         )
     logger.info("converted %s (%s, %d tensors)", folder, cls.__name__, len(state))
-    if not math.isfinite(sum(float(p.float().abs().sum()) for p in model.parameters())):
+    if not all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
         raise ValueError(f"{folder}: the checkpoint contains NaN or infinite weights")
     return model
