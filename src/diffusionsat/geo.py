@@ -127,7 +127,7 @@ def to_lonlat(crs: Any, x: float, y: float) -> tuple[float, float]:
 
 def window_center(transform: Affine, col_off: float, row_off: float, width: float, height: float) -> tuple[float, float]:
     """Map coordinates of the centre of a pixel window (pixel corners convention, as rasterio)."""
-    x, y = transform * (col_off + width / 2.0, row_off + height / 2.0)
+    x, y = transform @ (col_off + width / 2.0, row_off + height / 2.0)
     return float(x), float(y)
 
 
@@ -195,7 +195,7 @@ def scaled_transform(transform: Affine, from_size: tuple[int, int], to_size: tup
 
 def transform_bounds_of(transform: Affine, width: int, height: int) -> tuple[float, float, float, float]:
     """(left, bottom, right, top) of a ``width``×``height`` grid (north-up or not)."""
-    xs, ys = zip(*(transform * (c, r) for c, r in ((0, 0), (width, 0), (0, height), (width, height))))
+    xs, ys = zip(*(transform @ (c, r) for c, r in ((0, 0), (width, 0), (0, height), (width, height))))
     return float(min(xs)), float(min(ys)), float(max(xs)), float(max(ys))
 
 

@@ -132,8 +132,8 @@ class Sentinel2Scene:
         if missing:
             raise DataError(self.path, f"band {missing[0]} not in this scene; it has {', '.join(self.bands)}")
         col, row, w, h = window or (0, 0, self.width, self.height)
-        left, top = self.transform * (col, row)
-        right, bottom = self.transform * (col + w, row + h)
+        left, top = self.transform @ (col, row)
+        right, bottom = self.transform @ (col + w, row + h)
         out = np.empty((len(names), h, w), np.float32)
         for i, band in enumerate(names):
             path, index = self.files[band]
