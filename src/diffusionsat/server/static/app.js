@@ -25,7 +25,7 @@ async function json(response) {
   const body = await response.json().catch(() => ({}));
   if (!response.ok) {
     let message = body.detail || response.statusText;
-    if (body.allowed) message += " (allowed: " + body.allowed + ")";
+    if (body.allowed && !message.includes(body.allowed)) message += " (allowed: " + body.allowed + ")";
     if (response.status === 429 || response.status === 503) {
       message += " — try again in " + (response.headers.get("Retry-After") || "a few") + " s";
     }
@@ -85,7 +85,7 @@ function updateMarker(country) {
   const lat = parseFloat($("lat").value);
   const lon = parseFloat($("lon").value);
   const known = Number.isFinite(lat) && Number.isFinite(lon);
-  $("marker").hidden = !known;
+  $("marker").setAttribute("visibility", known ? "visible" : "hidden"); // SVG ignores the hidden attribute
   if (!known) {
     $("place-readout").textContent = "Click the map to choose a location.";
     return;

@@ -1,0 +1,177 @@
+"""The web page in a real browser (Debian chromium + Playwright): map click, date, generate, download."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import PIL.Image
+import pytest
+import torch
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+sync_api = pytest.importorskip("playwright.sync_api")
+
+from diffusionsat.server import create_app  # noqa: E402
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+CAPTIONS = ["a satellite image of farmland in united states", "a satellite image of a river in peru"]
+SCREENSHOTS = os.environ.get("DIFFUSIONSAT_SCREENSHOTS")  # set to a folder to keep the page's screenshots
+
+
+def install_chromium() -> str | None:
+    """Install Debian's chromium when missing; return why not when it cannot be done."""
+    if CHROMIUM.exists():
+        return None
+    apt = shutil.which("apt-get")
+    if apt is None or os.geteuid() != 0:
+        return f"{CHROMIUM} is missing and cannot be installed here (needs apt-get as root): apt-get install chromium"
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for command in ([apt, "install", "-y", "--no-install-recommends", "chromium"],
+                    [apt, "update"], [apt, "install", "-y", "--no-install-recommends", "chromium"]):
+        try:
+            subprocess.run(command, env=env, check=False, capture_output=True, timeout=900)
+        except (subprocess.TimeoutExpired, OSError) as err:
+            return f"installing chromium with apt failed: {err}"
+        if CHROMIUM.exists():
+            return None
+    return f"apt-get could not install chromium ({CHROMIUM} still missing; no package registry reachable?)"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    reason = install_chromium()
+    if reason:
+        pytest.skip(reason)
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory):
+    """The app on a real 127.0.0.1 port (uvicorn in a thread), with a tiny model."""
+    from diffusionsat.models.presets import build_pipeline
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("browser") / "tiny-model"
+    build_pipeline("tiny", CAPTIONS, seed=0).save_pretrained(folder)
+    app = create_app(folder, output_dir=folder.parent / "out")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=30)
+    torch.set_num_threads(threads)
+
+
+def shot(page, name: str) -> None:
+    if SCREENSHOTS:
+        Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SCREENSHOTS) / name), full_page=True)
+
+
+def test_pick_place_and_date_generate_and_download(browser, live_server, tmp_path):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    outside = []
+    page.on("request", lambda request: None if request.url.startswith((live_server, "blob:", "data:"))
+            else outside.append(request.url))
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(live_server + "/")
+    page.wait_for_function("document.querySelectorAll('#countries path').length > 100")
+    sync_api.expect(page.locator("#model-info")).to_contain_text("tiny-model")
+
+    assert not page.locator("#marker").is_visible()
+    # Click the map where 47° N, 99.2° W lies (equirectangular: x ∝ lon, y ∝ -lat).
+    box = page.locator("#map").bounding_box()
+    page.mouse.click(box["x"] + box["width"] * (180 - 99.2) / 360, box["y"] + box["height"] * (90 - 47.0) / 180)
+    assert abs(float(page.input_value("#lat")) - 47.0) < 1.0
+    assert abs(float(page.input_value("#lon")) + 99.2) < 1.0
+    sync_api.expect(page.locator("#place-readout")).to_contain_text("United States")
+    assert page.locator("#marker").is_visible()
+
+    page.fill("#date", "2019-07-15")
+    page.fill("#gsd", "5")
+    page.fill("#steps", "3")
+    page.fill("#seed", "11")
+    page.fill("#prompt", CAPTIONS[0])
+    page.click("#run")
+    image = page.locator(".card img").first
+    image.wait_for(timeout=60_000)
+    page.wait_for_function("document.querySelector('.card img').naturalWidth === 16")
+    card = page.locator(".card").first
+    sync_api.expect(card).to_contain_text("2019-07-15")
+    sync_api.expect(card).to_contain_text("5 m/px")
+    sync_api.expect(card).to_contain_text("seed11")
+    sync_api.expect(page.locator("#status")).to_have_text("succeeded")
+    shot(page, "generate.png")
+
+    with page.expect_download() as info:
+        card.locator("button[data-kind=png]").click()
+    png = tmp_path / "download.png"
+    info.value.save_as(png)
+    assert info.value.suggested_filename.endswith("-0.png")
+    assert PIL.Image.open(png).size == (16, 16)
+    with page.expect_download() as info:
+        card.locator("button[data-kind=geotiff]").click()
+    import rasterio
+
+    tif = tmp_path / "download.tif"
+    info.value.save_as(tif)
+    from pyproj import Transformer
+
+    with rasterio.open(tif) as src:
+        assert src.crs.to_epsg() == 32614 and src.res == (5.0, 5.0)  # UTM 14N at 5 m/px
+        # Its centre is the clicked place.
+        lon, lat = float(page.input_value("#lon")), float(page.input_value("#lat"))
+        x, y = Transformer.from_crs("EPSG:4326", src.crs, always_xy=True).transform(lon, lat)
+        cx, cy = src.transform * (src.width / 2, src.height / 2)
+        assert abs(cx - x) < 5 and abs(cy - y) < 5
+
+    assert outside == [], f"the page reached outside the server: {outside}"
+    assert errors == []
+    page.close()
+
+
+def test_bad_input_and_unavailable_task_are_explained(browser, live_server):
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.goto(live_server + "/")
+    sync_api.expect(page.locator("#model-info")).to_contain_text("tiny-model")
+    page.fill("#lat", "95")
+    page.fill("#steps", "2")
+    page.click("#run")
+    sync_api.expect(page.locator("#error")).to_contain_text("metadata.lat")
+    sync_api.expect(page.locator("#error")).to_contain_text("[-90, 90]")
+    assert not page.locator("#marker").is_visible()  # no longitude: no place to mark
+    assert page.get_attribute("#lat", "aria-invalid") == "true"
+
+    page.click("[role=tab][data-task=superres]")
+    sync_api.expect(page.locator("#unavailable")).to_contain_text("controlnet_superres")
+    assert page.locator("#run").is_disabled()
+    page.click("[role=tab][data-task=generate]")
+    assert page.locator("#run").is_enabled()
+    shot(page, "errors.png")
+
+    page.goto(live_server + "/docs")
+    sync_api.expect(page.locator("#paths")).to_contain_text("/v1/generate")
+    page.close()
+
