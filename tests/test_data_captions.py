@@ -8,7 +8,15 @@ import random
 import numpy as np
 import pytest
 
-from diffusionsat.data import FMOW_TEMPLATE, CaptionTemplate, DataError, build_caption, country_at, land_cover_words, season
+from diffusionsat.data import (
+    FMOW_TEMPLATE,
+    CaptionTemplate,
+    DataError,
+    build_caption,
+    country_at,
+    land_cover_words,
+    season,
+)
 from diffusionsat.metadata import SatMetadata
 
 

@@ -7,7 +7,13 @@ import shutil
 
 import pytest
 
-from diffusionsat.data import DataError, acquisition_from_mtl, date_for_file, date_from_pattern, landsat_id_date
+from diffusionsat.data import (
+    DataError,
+    acquisition_from_mtl,
+    date_for_file,
+    date_from_pattern,
+    landsat_id_date,
+)
 from diffusionsat.data.dates import acquisition_from_tags, find_mtl
 
 NAIP_DATES = ["2009-08-18", "2010-06-29", "2012-07-31", "2014-07-20", "2015-09-26", "2016-08-16",

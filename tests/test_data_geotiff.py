@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from diffusionsat.data import DataError, GeoTiffChips, chip_windows, collate_samples, iter_chips, open_raster, read_chip
+from diffusionsat.data import (
+    DataError,
+    GeoTiffChips,
+    chip_windows,
+    collate_samples,
+    iter_chips,
+    open_raster,
+    read_chip,
+)
 from diffusionsat.metadata import metadata_tensor
 
 NAIP = "naip-timeseries/m_4709963_se_14_1_20190904.tif"
@@ -26,7 +34,7 @@ def test_naip_chips_counts_shapes_and_metadata(shared_data):
     sample = ds[0]
     assert sample["pixel_values"].shape == (4, 64, 64)
     assert sample["pixel_values"].dtype == torch.float32
-    assert -1.0 <= float(sample["pixel_values"].min()) and float(sample["pixel_values"].max()) <= 1.0
+    assert float(sample["pixel_values"].min()) >= -1.0 and float(sample["pixel_values"].max()) <= 1.0
     meta = sample["metadata"]
     assert meta.gsd == pytest.approx(5.0 * 256 / 64)  # GSD scales with the resize
     assert meta.date_string() == "2019-09-04"

@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 import rasterio
 
-from diffusionsat.data import (DataError, FMoWDataset, ManifestDataset, Sentinel2Chips, Sentinel2Scene, read_manifest,
-                               to_reflectance, write_manifest)
+from diffusionsat.data import (
+    DataError,
+    FMoWDataset,
+    ManifestDataset,
+    Sentinel2Chips,
+    Sentinel2Scene,
+    read_manifest,
+    to_reflectance,
+    write_manifest,
+)
 from diffusionsat.data.sentinel2 import normalize_band_name
 
 S2 = "sentinel2-slovenia/reference_scene_2.tif"
@@ -114,7 +122,8 @@ def test_manifest_formats_round_trip(shared_data, tmp_path, suffix):
     parsed = read_manifest(path)
     assert [r.metadata.to_dict() for r in parsed] == [{"lat": 5.3, "lon": -4.0, "gsd": 4.5, "date": "2017-01-02"},
                                                        {"cloud_cover": 0.1, "year": 1999}]
-    ds = ManifestDataset(path)
+    ds = ManifestDataset([path])
+    assert len(ManifestDataset(path)) == 2
     assert ds[0]["caption"] == "a port" and ds[0]["pixel_values"].shape == (3, 200, 200)
     assert ds[1]["caption"] == "a satellite image"  # nothing known → nothing claimed
 

@@ -154,10 +154,11 @@ class ManifestDataset:
     Bad rows raise at construction (``on_error="raise"``) or are listed in :attr:`skipped`.
     """
 
-    def __init__(self, manifest: str | os.PathLike, *, template: str = AUTO_TEMPLATE,
+    def __init__(self, manifest: str | os.PathLike | Sequence[str | os.PathLike], *, template: str = AUTO_TEMPLATE,
                  countries: str | os.PathLike | None = None, transform: Any = None, on_error: str = "raise"):
         self.skipped: list[Skipped] = []
-        self.rows = read_manifest(manifest, on_error=on_error, skipped=self.skipped)
+        manifests = [manifest] if isinstance(manifest, (str, os.PathLike)) else list(manifest)
+        self.rows = [row for m in manifests for row in read_manifest(m, on_error=on_error, skipped=self.skipped)]
         self.template, self.countries, self.transform = template, countries, transform
 
     def __len__(self) -> int:

@@ -1,0 +1,67 @@
+"""Task samples on the real time series, SpaceNet pairs and building footprints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from diffusionsat.data import InpaintSamples, SuperResPairs, TemporalSequences, degrade, random_box_mask
+from diffusionsat.data.tasks import read_vector
+
+
+def test_temporal_sequence_sorted_with_per_frame_metadata(shared_data):
+    ds = TemporalSequences([shared_data / "naip-timeseries"], 256, date_pattern="*_{YYYYMMDD}.tif", num_frames=4,
+                           out_size=32)
+    assert len(ds) == 6
+    sample = ds[0]
+    assert sample["conditioning_pixel_values"].shape == (3, 4, 32, 32)
+    dates = [m.date_string() for m in sample["conditioning_metadata"]]
+    assert dates == ["2016-08-16", "2017-08-27", "2018-07-16"] and sample["metadata"].date_string() == "2019-09-04"
+    assert all(m.lat == sample["metadata"].lat for m in sample["conditioning_metadata"])
+
+
+def test_temporal_needs_two_dates(shared_data):
+    from diffusionsat.data import DataError
+
+    with pytest.raises(DataError, match="at least two rasters of the same place"):
+        TemporalSequences([shared_data / "geotiff-samples/shade.tif"], 128)
+
+
+def test_real_superres_pair_same_footprint(shared_data):
+    ds = SuperResPairs(shared_data / "spacenet-samples/pan1.tif", 128, low=shared_data / "spacenet-samples/ms1.tif")
+    assert ds.factor == 2 and len(ds) == 16
+    sample = ds[5]
+    assert sample["pixel_values"].shape == (1, 128, 128)
+    assert sample["conditioning_pixel_values"].shape == (4, 64, 64)
+    assert sample["conditioning_metadata"].gsd == pytest.approx(2 * sample["metadata"].gsd)
+    assert sample["conditioning_metadata"].lat == sample["metadata"].lat
+
+
+def test_synthetic_degradation_block_average(shared_data):
+    img = np.arange(16, dtype=np.uint16).reshape(1, 4, 4)
+    assert degrade(img, 2).tolist() == [[[2, 4], [10, 12]]]
+    ds = SuperResPairs(shared_data / "planetscope-like/rgbn.tif", 64, factor=4)
+    sample = ds[0]
+    assert sample["conditioning_pixel_values"].shape == (4, 16, 16)
+    assert sample["conditioning_metadata"].gsd == pytest.approx(20.0)
+    with pytest.raises(ValueError, match="divisible"):
+        SuperResPairs(shared_data / "planetscope-like/rgbn.tif", 66, factor=4)
+
+
+def test_inpaint_mask_from_building_footprints(shared_data):
+    vector = shared_data / "spacenet-samples/sample_geotiff_buildings.geojson"
+    ds = InpaintSamples(shared_data / "spacenet-samples/sample_geotiff.tif", 900, vector=vector)
+    sample = ds[0]
+    geoms, _ = read_vector(vector)
+    footprint_area = sum(g.area for g in geoms)  # m², UTM 16N
+    masked_area = float(sample["mask"].sum()) * 0.5 * 0.5
+    assert sample["mask"].shape == (1, 900, 900)
+    assert masked_area == pytest.approx(footprint_area, rel=0.05)
+    some = InpaintSamples(shared_data / "spacenet-samples/sample_geotiff.tif", 300, vector=vector, min_mask=0.05)
+    assert 0 < len(some) < 9
+
+
+def test_random_box_masks_are_reproducible():
+    a = random_box_mask(64, 64, np.random.default_rng(1))
+    b = random_box_mask(64, 64, np.random.default_rng(1))
+    assert np.array_equal(a, b) and 0 < a.mean() < 1
