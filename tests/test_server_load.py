@@ -1,0 +1,53 @@
+"""Bounded load test against a real ``diffusionsat serve`` process on 127.0.0.1.
+
+100 requests, 20 at a time: the server stays up, every request gets a defined answer (202/429 for
+jobs, 422, 413, 200), every accepted job finishes, its memory returns near where it started, and
+SIGTERM stops it gracefully.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+pytest.importorskip("psutil")
+pytest.importorskip("httpx")
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"
+CAPTIONS = ["a satellite image of farmland in united states", "a satellite image of a river in peru"]
+#: Allowed resident-memory growth over a whole load round after warm-up (a leak of one image per
+#: request, or of job payloads, would exceed it; allocator noise does not).
+MAX_GROWTH = 24 * 1024 * 1024
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("serve_load", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_server_survives_bounded_load_and_memory_returns(tmp_path):
+    from diffusionsat.models.presets import build_pipeline
+
+    bench = load_benchmark()
+    model = tmp_path / "tiny-model"
+    build_pipeline("tiny", CAPTIONS, seed=0).save_pretrained(model)
+    report, log = bench.measure(model, 100, 20, 2, 20, "--workers", "2", "--max-queue", "8")
+
+    assert report.transport_errors == [], report.transport_errors[:5]
+    assert report.unexpected == [], report.unexpected[:5]
+    assert report.retry_after_missing == 0
+    assert sum(sum(counts.values()) for counts in report.answers.values()) == 100
+    assert report.answers["invalid"] == {422: 10} and report.answers["oversized"] == {413: 10}
+    assert report.answers["model"] == {200: 10} and report.answers["health"] == {200: 10}
+    accepted = report.answers["generate"].get(202, 0)
+    assert accepted >= 10 and report.jobs == {"succeeded": accepted}
+    assert report.rss_after - report.rss_before < MAX_GROWTH, report
+    assert bench.GRACEFUL_STOP in log, log[-2000:]
