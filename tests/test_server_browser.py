@@ -144,7 +144,7 @@ def test_pick_place_and_date_generate_and_download(browser, live_server, tmp_pat
         # Its centre is the clicked place.
         lon, lat = float(page.input_value("#lon")), float(page.input_value("#lat"))
         x, y = Transformer.from_crs("EPSG:4326", src.crs, always_xy=True).transform(lon, lat)
-        cx, cy = src.transform * (src.width / 2, src.height / 2)
+        cx, cy = src.xy(src.height / 2, src.width / 2, offset="ul")
         assert abs(cx - x) < 5 and abs(cy - y) < 5
 
     assert outside == [], f"the page reached outside the server: {outside}"
