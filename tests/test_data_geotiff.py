@@ -125,3 +125,29 @@ def test_missing_file_and_batch_skip(shared_data, tmp_path):
                       512, max_nodata=0.8, on_error="skip")
     assert len(ds) == 1  # shade.tif is 88 % nodata; only its top-right quarter has > 20 % valid pixels
     assert ds.skipped == [(str(shared_data / "geotiff-samples/all-nodata.tif"), "every pixel is nodata (nodata=0.0)")]
+
+
+def test_single_band_files_of_a_scene_are_stacked(shared_data):
+    from diffusionsat.data.geotiff import BandStack, find_rasters
+
+    items = find_rasters([shared_data / "landsat8-bands"], stack_bands=True)
+    assert [type(i) for i in items] == [BandStack, BandStack]
+    assert items[0].bands == ("B2", "B3", "B4")
+    info = open_raster(items[0], bands="B4,B3,B2")
+    chip = read_chip(info, (256, 256, 128, 128))
+    assert chip.key == "LC81070352015122LGN00_c256_r256_s128"
+    assert chip.image.shape == (3, 128, 128) and chip.image.dtype == np.uint16
+    assert chip.metadata.date_string() == "2015-05-02" and "Landsat 8" in chip.caption
+    import rasterio
+
+    with rasterio.open(shared_data / "landsat8-bands/LC81070352015122LGN00_B4.tif") as src:
+        red = src.read(1, window=((256, 384), (256, 384)))
+    assert np.array_equal(chip.image[0], red)
+    assert len(find_rasters([shared_data / "landsat8-bands"])) == 6  # stacking is opt-in here
+
+
+def test_sentinel2_bands_use_a_fixed_reflectance_scale(shared_data):
+    info = open_raster(shared_data / "sentinel2-slovenia/reference_scene_3.tif", bands="B04,B03,B02,B08")
+    assert info.pixel_range == ([0.0] * 4, [0.3] * 4)
+    chip = read_chip(info, (0, 0, 64, 64))
+    assert "Sentinel-2" in chip.caption and "vegetation" in chip.caption

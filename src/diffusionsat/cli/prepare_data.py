@@ -29,11 +29,13 @@ from .main import InputError, cli
 @click.option("--mask-vector", type=click.Path(exists=True, dir_okay=False), help="inpaint: GeoJSON to rasterise as masks.")
 @click.option("--mask-boxes", type=int, default=3, show_default=True, help="inpaint: random boxes without --mask-vector.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--no-stack-bands", is_flag=True, help="Keep single-band files (<scene>_B4.tif, ...) apart instead of "
+              "stacking the bands of one scene.")
 @click.option("--overwrite", is_flag=True, help="Replace an output folder prepared with other settings.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def prepare_data_command(inputs, out, chip_size, task, date_pattern, bands, band_names, resize, stride, max_nodata,
                          shard_size, sensor, countries, num_frames, lowres, sr_factor, mask_vector, mask_boxes, seed,
-                         overwrite, no_progress) -> None:
+                         no_stack_bands, overwrite, no_progress) -> None:
     """Cut scenes, folders, manifests or fMoW trees into WebDataset shards.
 
     \b
@@ -52,7 +54,7 @@ def prepare_data_command(inputs, out, chip_size, task, date_pattern, bands, band
         inputs=list(inputs), chip_size=chip_size, task=task, stride=stride, resize=resize, bands=bands,
         band_names=band_names, date_pattern=date_pattern, max_nodata=max_nodata, shard_size=shard_size,
         sensor=sensor, countries=countries, num_frames=num_frames, sr_factor=sr_factor, lowres=lowres,
-        mask_vector=mask_vector, mask_boxes=mask_boxes, seed=seed,
+        mask_vector=mask_vector, mask_boxes=mask_boxes, seed=seed, stack_bands=not no_stack_bands,
     )
     progress = None if no_progress else (lambda it: tqdm(it, desc="samples", unit="chip"))
     summary = prepare_data(cfg, out, overwrite=overwrite, progress=progress)

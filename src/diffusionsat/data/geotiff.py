@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,8 +40,94 @@ logger = logging.getLogger(__name__)
 #: Extensions treated as rasters when a folder is given.
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt")
 
-#: Common band-name orders used to find red/green/NIR for land-cover words.
-_NIR_ALIASES = ("nir", "b08", "b8", "near infrared", "nir08", "b5")
+#: Band names that mean near-infrared (file descriptions, Sentinel-2 codes, user names).
+_NIR_ALIASES = ("nir", "b08", "near infrared", "nir08")
+
+#: One band of a multi-file scene: ``<scene>_B4.TIF``, ``<scene>_SR_B4.TIF``, ``<scene>_B8A_20m.tif``.
+_BAND_FILE = re.compile(r"^(?P<scene>.+?)_(?:SR_|ST_)?B(?P<band>\d{1,2}|8A)(?P<rest>_[A-Za-z0-9]+)?\.(?:tif|tiff)$",
+                        re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class BandStack:
+    """Single-band files of one scene (e.g. Landsat ``LC8…_B2.tif``, ``_B3``, ``_B4``) read as one
+    multi-band raster through a GDAL VRT held in memory; band descriptions are ``B2``, ``B3``, ...
+
+    ``name`` is the scene's virtual path (folder / scene ID): dates, keys and MTL look-ups use it.
+    """
+
+    name: Path
+    files: tuple[Path, ...]
+    bands: tuple[str, ...]
+
+    def __fspath__(self) -> str:
+        return str(self.name)
+
+    def __str__(self) -> str:
+        return f"{self.name}_{{{','.join(self.bands)}}}{self.files[0].suffix}"
+
+    def vrt_xml(self) -> str:
+        """The VRT (XML text, which rasterio opens directly); all files must share one grid."""
+        import rasterio
+        from rasterio.errors import RasterioError
+
+        grid = None
+        parts = []
+        for i, (path, band) in enumerate(zip(self.files, self.bands), start=1):
+            try:
+                with rasterio.open(path) as src:
+                    this = (src.width, src.height, src.transform, src.crs)
+                    dtype, nodata = src.dtypes[0], src.nodata
+            except (RasterioError, OSError) as err:
+                raise DataError(path, f"not a readable raster ({str(err).splitlines()[0]})") from None
+            if grid is None:
+                grid = this
+            elif this != grid:
+                raise DataError(path, f"band {band} is on another grid than {self.files[0].name}; "
+                                      "stack only bands of the same size, transform and CRS")
+            from rasterio.dtypes import _gdal_typename
+
+            nd = "" if nodata is None else f"<NoDataValue>{nodata!r}</NoDataValue>"
+            parts.append(
+                f'<VRTRasterBand dataType="{_gdal_typename(dtype)}" band="{i}">{nd}<Description>{band}</Description>'
+                f'<SimpleSource><SourceFilename relativeToVRT="0">{xml_escape(str(path.resolve()))}</SourceFilename>'
+                "<SourceBand>1</SourceBand></SimpleSource></VRTRasterBand>"
+            )
+        assert grid is not None
+        width, height, transform, crs = grid
+        srs = f"<SRS>{xml_escape(crs.to_wkt())}</SRS>" if crs else ""
+        return (f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">{srs}'
+                f"<GeoTransform>{', '.join(repr(v) for v in transform.to_gdal())}</GeoTransform>{''.join(parts)}</VRTDataset>")
+
+
+def xml_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+
+
+def group_band_files(paths: Sequence[Path]) -> list[Path | BandStack]:
+    """Replace single-band files of one scene (same folder, scene ID and suffix) by a :class:`BandStack`,
+    bands in ascending order; files that are alone keep their place."""
+    groups: dict[tuple[Path, str, str], list[tuple[str, Path]]] = {}
+    for path in paths:
+        m = _BAND_FILE.match(path.name)
+        if m:
+            groups.setdefault((path.parent, m.group("scene"), (m.group("rest") or "").lower()), []).append(
+                (m.group("band").upper(), path))
+    out: list[Path | BandStack] = []
+    emitted: set[tuple[Path, str, str]] = set()
+    for path in paths:
+        m = _BAND_FILE.match(path.name)
+        key = (path.parent, m.group("scene"), (m.group("rest") or "").lower()) if m else None
+        if key is None or len(groups[key]) < 2:
+            out.append(path)
+            continue
+        if key in emitted:
+            continue
+        emitted.add(key)
+        members = sorted(groups[key], key=lambda bp: (len(bp[0]), bp[0]))
+        out.append(BandStack(name=key[0] / (key[1] + (m.group("rest") or "")),
+                             files=tuple(p for _, p in members), bands=tuple(f"B{b}" for b, _ in members)))
+    return out
 
 
 def _silence_rasterio() -> None:
@@ -65,6 +152,18 @@ class RasterInfo:
     tags: dict[str, str]
     acquisition: Acquisition
     pixel_range: tuple[list[float], list[float]] = field(default_factory=lambda: ([], []))
+    #: What rasterio opens: the file path, or the VRT XML of a :class:`BandStack`.
+    dataset: str = ""
+    sensor: str | None = None
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        self.dataset = self.dataset or str(self.path)
+
+    @property
+    def source(self) -> str:
+        """Human-readable origin: the file, or ``<scene>_{B2,B3,B4}.tif`` for a band stack."""
+        return self.label or str(self.path)
 
     @property
     def georeferenced(self) -> bool:
@@ -93,7 +192,7 @@ def parse_bands(bands: str | Sequence[int | str] | None) -> list[int | str] | No
     return out
 
 
-def _resolve_bands(path: Path, src: Any, bands: Sequence[int | str] | None) -> list[int]:
+def _resolve_bands(path: str | Path, src: Any, bands: Sequence[int | str] | None) -> list[int]:
     if bands is None:
         return list(range(1, src.count + 1))
     names = [(d or "").upper() for d in src.descriptions]
@@ -136,8 +235,14 @@ def scene_pixel_range(src: Any, bands: Sequence[int], dtype: str) -> tuple[list[
     return lows, highs
 
 
+def _is_sentinel2(descriptions: Sequence[str]) -> bool:
+    from .sentinel2 import BANDS
+
+    return bool(descriptions) and all(d.upper() in BANDS for d in descriptions)
+
+
 def open_raster(
-    path: str | os.PathLike,
+    path: str | os.PathLike | BandStack,
     *,
     bands: str | Sequence[int | str] | None = None,
     expected_bands: int | None = None,
@@ -157,45 +262,59 @@ def open_raster(
     from rasterio.errors import RasterioError
 
     _silence_rasterio()
-    path = Path(path)
-    if not path.exists():
-        raise DataError(path, "file not found")
-    if path.is_dir():
-        raise DataError(path, "is a folder, expected a raster file")
+    stack = path if isinstance(path, BandStack) else None
+    if stack is not None:
+        label: Any = str(stack)
+        dataset = stack.vrt_xml()
+        path = stack.name
+    else:
+        path = Path(path)
+        label = dataset = str(path)
+        if not path.exists():
+            raise DataError(label, "file not found")
+        if path.is_dir():
+            raise DataError(label, "is a folder, expected a raster file")
     try:
-        with rasterio.open(path) as src:
+        with rasterio.open(dataset) as src:
             if require_georeference and not _has_georeference(src):
-                raise DataError(path, "no georeference (no CRS or geotransform); lat/lon and GSD cannot be "
+                raise DataError(label, "no georeference (no CRS or geotransform); lat/lon and GSD cannot be "
                                       "derived. Add a CRS, or use a manifest with lat/lon/gsd columns")
-            band_list = _resolve_bands(path, src, parse_bands(bands))
+            band_list = _resolve_bands(label, src, parse_bands(bands))
             if expected_bands is not None and len(band_list) != expected_bands:
-                raise DataError(path, f"has {len(band_list)} band{'s' if len(band_list) != 1 else ''}, "
+                raise DataError(label, f"has {len(band_list)} band{'s' if len(band_list) != 1 else ''}, "
                                       f"expected {expected_bands}")
             dtype = src.dtypes[band_list[0] - 1]
-            if pixel_range == "auto":
+            is_s2 = _is_sentinel2([(src.descriptions[b - 1] or "") for b in band_list])
+            if pixel_range == "auto" and is_s2:
+                # Reflectance 0–0.3 (floats) or L1C/L2A DN 0–3000: one fixed scale for all scenes.
+                top = 0.3 if np.issubdtype(np.dtype(dtype), np.floating) else 3000.0
+                lows, highs = [0.0] * len(band_list), [top] * len(band_list)
+            elif pixel_range == "auto":
                 lows, highs = scene_pixel_range(src, band_list, dtype)
             else:
                 lows, highs = (list(map(float, pixel_range[0])), list(map(float, pixel_range[1])))
             small = src.dataset_mask(out_shape=(min(src.height, 256), min(src.width, 256)))
             if not small.any():
-                raise DataError(path, f"every pixel is nodata (nodata={src.nodata})")
+                raise DataError(label, f"every pixel is nodata (nodata={src.nodata})")
             descriptions = [src.descriptions[b - 1] or f"band {b}" for b in band_list]
             if band_names is not None:
                 names = [n.strip() for n in band_names.split(",")] if isinstance(band_names, str) else list(band_names)
                 if len(names) != len(band_list):
-                    raise DataError(path, f"{len(names)} band names given for {len(band_list)} bands")
+                    raise DataError(label, f"{len(names)} band names given for {len(band_list)} bands")
                 descriptions = names
             info = RasterInfo(
                 path=path, width=src.width, height=src.height, count=src.count, dtype=dtype,
                 nodata=src.nodata, crs_wkt=src.crs.to_wkt() if src.crs else None, transform=src.transform,
                 bands=band_list, band_names=descriptions, tags=dict(src.tags()),
-                acquisition=Acquisition(), pixel_range=(lows, highs),
+                acquisition=Acquisition(), pixel_range=(lows, highs), dataset=dataset,
+                label=label if stack is not None else "",
             )
     except DataError:
         raise
     except (RasterioError, OSError) as err:
-        raise DataError(path, f"not a readable raster ({str(err).splitlines()[0]})") from None
+        raise DataError(label, f"not a readable raster ({str(err).splitlines()[0]})") from None
     info.acquisition = date_for_file(path, tags=info.tags, date_pattern=date_pattern)
+    info.sensor = info.acquisition.sensor or ("Sentinel-2" if is_s2 else None)
     return info
 
 
@@ -330,11 +449,11 @@ def read_chip(
     win = Window(col, row, w, h)
     try:
         # Always full resolution: overviews may be nearest-neighbour (aliasing) or hide damaged data.
-        with rasterio.open(info.path) as src:
+        with rasterio.open(info.dataset) as src:
             image = src.read(info.bands, window=win)
             valid = src.dataset_mask(window=win) > 0
     except (RasterioError, OSError) as err:
-        raise DataError(info.path, f"cannot read pixels of window col={col} row={row} size={w}×{h} "
+        raise DataError(info.source, f"cannot read pixels of window col={col} row={row} size={w}×{h} "
                                    f"({str(err).splitlines()[0]}); the file is damaged") from None
     if out_size and out_size != w:
         from .transforms import resample
@@ -348,7 +467,7 @@ def read_chip(
     if out_size:
         transform = geo.scaled_transform(transform, (w, h), (out_size, out_size))
     fields = caption_fields(
-        metadata, sensor=sensor or info.acquisition.sensor, countries=countries,
+        metadata, sensor=sensor or info.sensor, countries=countries,
         land_cover=_land_cover(image, info.band_names, valid, nir_band),
     )
     extra: dict[str, Any] = {"date_source": info.acquisition.source}
@@ -358,7 +477,7 @@ def read_chip(
         key=key or chip_key(info.path, window),
         image=image, valid=valid, metadata=metadata,
         caption=CaptionTemplate(template).render(fields), caption_fields=fields,
-        source=str(info.path), window=window, crs_wkt=info.crs_wkt, transform=tuple(transform)[:6],
+        source=info.source, window=window, crs_wkt=info.crs_wkt, transform=tuple(transform)[:6],
         band_names=info.band_names, pixel_range=info.pixel_range, nodata=info.nodata, extra=extra,
     )
 
@@ -384,7 +503,7 @@ def iter_chips(
         raise ValueError(f"max_nodata={max_nodata!r} out of range; allowed [0, 1]")
     windows = chip_windows(info.width, info.height, chip_size, stride)
     if not windows:
-        raise DataError(info.path, f"{info.width}×{info.height} px is smaller than one {chip_size} px chip")
+        raise DataError(info.source, f"{info.width}×{info.height} px is smaller than one {chip_size} px chip")
     for window in windows:
         chip = read_chip(info, window, **kwargs)
         nodata = 1.0 - float(chip.valid.mean())
@@ -395,17 +514,22 @@ def iter_chips(
         yield chip
 
 
-def find_rasters(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Expand files and folders (recursively) into raster paths, sorted, de-duplicated."""
+def find_rasters(inputs: Sequence[str | os.PathLike], stack_bands: bool = False) -> list[Any]:
+    """Expand files and folders (recursively) into raster paths, sorted, de-duplicated; with
+    ``stack_bands`` single-band files of one scene become one :class:`BandStack`."""
     out: list[Path] = []
+    stacks = [raw for raw in inputs if isinstance(raw, BandStack)]
     for raw in inputs:
+        if isinstance(raw, BandStack):
+            continue
         path = Path(raw)
         if path.is_dir():
             out.extend(p for p in sorted(path.rglob("*")) if p.suffix.lower() in RASTER_SUFFIXES and p.is_file())
         else:
             out.append(path)
     seen: set[Path] = set()
-    return [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
+    unique = [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
+    return [*stacks, *(group_band_files(unique) if stack_bands else unique)]
 
 
 class GeoTiffChips:
@@ -437,6 +561,7 @@ class GeoTiffChips:
         countries: str | os.PathLike | None = None,
         transform: Any = None,
         on_error: str = "raise",
+        stack_bands: bool = True,
     ):
         import rasterio
         from rasterio.windows import Window
@@ -450,10 +575,10 @@ class GeoTiffChips:
         self.skipped: list[tuple[str, str]] = []
         self.scenes: list[RasterInfo] = []
         self.index: list[tuple[int, tuple[int, int, int, int]]] = []
-        for path in find_rasters(paths):
+        for path in find_rasters(paths, stack_bands=stack_bands):
             try:
                 info = open_raster(path, bands=bands, band_names=band_names, date_pattern=date_pattern)
-                with rasterio.open(path) as src:
+                with rasterio.open(info.dataset) as src:
                     windows = []
                     for window in chip_windows(info.width, info.height, chip_size, stride):
                         mask = src.dataset_mask(window=Window(*window))

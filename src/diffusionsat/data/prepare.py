@@ -29,7 +29,7 @@ from ..metadata import SatMetadata
 from .captions import AUTO_TEMPLATE, FMOW_TEMPLATE
 from .errors import DataError, Skipped
 from .fmow import find_fmow_pairs, parse_fmow_json
-from .geotiff import RASTER_SUFFIXES, find_rasters, iter_chips, open_raster
+from .geotiff import RASTER_SUFFIXES, find_rasters, group_band_files, iter_chips, open_raster
 from .images import image_pixel_range, read_image
 from .manifest import MANIFEST_SUFFIXES, read_manifest, write_manifest
 from .shards import ShardWriter, chip_entries, encode_image
@@ -63,6 +63,7 @@ class PrepareConfig:
     mask_vector: str | None = None
     mask_boxes: int = 3
     seed: int = 0
+    stack_bands: bool = True
 
     def validate(self) -> PrepareConfig:
         if self.task not in TASKS:
@@ -113,8 +114,9 @@ def _row(key: str, shard: str, source: str, caption: str, meta: SatMetadata) -> 
             "gsd": meta.gsd, "cloud_cover": meta.cloud_cover, "date": meta.date_string()}
 
 
-def _classify(inputs: Sequence[str]) -> tuple[list[Path], list[Path], list[tuple[Path, Path]], list[Skipped]]:
-    """Split inputs into rasters, manifests and fMoW pairs; unknown/missing inputs are skipped."""
+def _classify(inputs: Sequence[str], stack_bands: bool = True) -> tuple[list[Any], list[Path], list[tuple[Path, Path]], list[Skipped]]:
+    """Split inputs into rasters (single-band files of one scene stacked), manifests and fMoW pairs;
+    unknown/missing inputs are skipped."""
     rasters: list[Path] = []
     manifests: list[Path] = []
     pairs: list[tuple[Path, Path]] = []
@@ -141,6 +143,8 @@ def _classify(inputs: Sequence[str]) -> tuple[list[Path], list[Path], list[tuple
             skipped.append(Skipped(str(path), f"unknown input type {path.suffix!r}; expected a raster "
                                               f"({', '.join(RASTER_SUFFIXES)}), a manifest ({', '.join(MANIFEST_SUFFIXES)}), "
                                               "an fMoW JSON or a folder"))
+    if stack_bands:
+        rasters = group_band_files(rasters)
     return rasters, manifests, pairs, skipped
 
 
@@ -282,7 +286,7 @@ def prepare_data(config: PrepareConfig, out: str | os.PathLike, *, overwrite: bo
     elif out.exists() and any(out.iterdir()) and not overwrite:
         raise OutputExistsError(f"output folder {str(out)!r} exists and is not empty (use --overwrite)")
 
-    rasters, manifests, pairs, skipped = _classify(cfg.inputs)
+    rasters, manifests, pairs, skipped = _classify(cfg.inputs, cfg.stack_bands)
     stats = _Stats(skipped=skipped)
     if cfg.task == "generate":
         items = _generate_items(cfg, rasters, manifests, pairs, stats)

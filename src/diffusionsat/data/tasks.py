@@ -41,13 +41,13 @@ def _read_bounds(info: RasterInfo, bounds: tuple[float, float, float, float], si
     from rasterio.windows import from_bounds
 
     try:
-        with rasterio.open(info.path) as src:
+        with rasterio.open(info.dataset) as src:
             win = from_bounds(*bounds, transform=src.transform)
             data = src.read(info.bands, window=win, out_shape=(len(info.bands), *size),
                             resampling=Resampling.bilinear, boundless=True, fill_value=src.nodata or 0)
             valid = src.dataset_mask(window=win, out_shape=size, boundless=True) > 0
     except (RasterioError, OSError) as err:
-        raise DataError(info.path, f"cannot read pixels ({str(err).splitlines()[0]})") from None
+        raise DataError(info.source, f"cannot read pixels ({str(err).splitlines()[0]})") from None
     return data, valid
 
 
@@ -132,7 +132,7 @@ class TemporalSequences:
                                cloud_cover=info.acquisition.cloud_cover, year=info.acquisition.year,
                                month=info.acquisition.month, day=info.acquisition.day)
             frames.append(Chip(key=target.key, image=data, valid=valid, metadata=meta, caption=target.caption,
-                               caption_fields=target.caption_fields, source=str(info.path), window=window,
+                               caption_fields=target.caption_fields, source=info.source, window=window,
                                crs_wkt=target.crs_wkt, transform=target.transform, band_names=info.band_names,
                                pixel_range=info.pixel_range, nodata=info.nodata))
         return TemporalSample([*frames, target])
