@@ -109,6 +109,16 @@ def test_pick_place_and_date_generate_and_download(browser, live_server, tmp_pat
     sync_api.expect(page.locator("#place-readout")).to_contain_text("United States")
     assert page.locator("#marker").is_visible()
 
+    # Zoom in with the wheel for a finer click: the place is then set to a small fraction of a degree.
+    for _ in range(6):
+        page.mouse.wheel(0, -120)
+    page.wait_for_function("document.querySelector('#map').getAttribute('viewBox').split(' ')[2] < 100")
+    x0, y0, w, h = (float(v) for v in page.get_attribute("#map", "viewBox").split())
+    page.mouse.click(box["x"] + box["width"] * (-99.2 - x0) / w, box["y"] + box["height"] * (-47.0 - y0) / h)
+    assert abs(float(page.input_value("#lat")) - 47.0) < 0.25
+    assert abs(float(page.input_value("#lon")) + 99.2) < 0.25
+    sync_api.expect(page.locator("#place-readout")).to_contain_text("United States")  # the marker does not catch clicks
+
     page.fill("#date", "2019-07-15")
     page.fill("#gsd", "5")
     page.fill("#steps", "3")

@@ -4,6 +4,7 @@
 const $ = (id) => document.getElementById(id);
 const state = { task: "generate", model: null, token: sessionStorage.getItem("diffusionsat-token") || "", job: null };
 const SVG = "http://www.w3.org/2000/svg";
+const MAP_HINT = "Click the map to choose a location (scroll to zoom, drag to pan, double-click to reset).";
 
 // --- API calls (bearer token when the server asks for one) ---------------------------------------
 async function api(path, options = {}) {
@@ -67,12 +68,54 @@ function line(x1, y1, x2, y2) {
   return el;
 }
 
-function onMapClick(event) {
+// Zoom (wheel) and pan (drag) by changing the SVG viewBox; a drag is not a click.
+const WORLD_WIDTH = 360;
+const view = { x: -180, y: -90, w: WORLD_WIDTH };
+let drag = null;
+
+function toMap(event) {
   const svg = $("map");
   const point = svg.createSVGPoint();
   point.x = event.clientX;
   point.y = event.clientY;
-  const p = point.matrixTransform(svg.getScreenCTM().inverse());
+  return point.matrixTransform(svg.getScreenCTM().inverse());
+}
+
+function setView(x, y, w) {
+  view.w = Math.max(WORLD_WIDTH / 64, Math.min(WORLD_WIDTH, w));
+  view.x = Math.max(-180, Math.min(180 - view.w, x));
+  view.y = Math.max(-90, Math.min(90 - view.w / 2, y));
+  $("map").setAttribute("viewBox", `${view.x} ${view.y} ${view.w} ${view.w / 2}`);
+  $("marker-dot").setAttribute("r", String((2.2 * view.w) / WORLD_WIDTH));
+}
+
+function onWheel(event) {
+  event.preventDefault();
+  const p = toMap(event);
+  const w = Math.max(WORLD_WIDTH / 64, Math.min(WORLD_WIDTH, view.w * (event.deltaY < 0 ? 0.8 : 1.25)));
+  const k = w / view.w;
+  setView(p.x - (p.x - view.x) * k, p.y - (p.y - view.y) * k, w);
+}
+
+function onPointerDown(event) {
+  drag = { x: event.clientX, y: event.clientY, vx: view.x, vy: view.y, moved: false };
+}
+
+function onPointerMove(event) {
+  if (!drag || !(event.buttons & 1)) return;
+  const dx = event.clientX - drag.x;
+  const dy = event.clientY - drag.y;
+  if (Math.abs(dx) + Math.abs(dy) > 4) drag.moved = true;
+  if (!drag.moved) return;
+  const scale = view.w / $("map").getBoundingClientRect().width;
+  setView(drag.vx - dx * scale, drag.vy - dy * scale, view.w);
+}
+
+function onMapClick(event) {
+  const dragged = drag && drag.moved;
+  drag = null;
+  if (dragged) return;
+  const p = toMap(event);
   const lon = Math.max(-180, Math.min(180, p.x));
   const lat = Math.max(-90, Math.min(90, -p.y));
   $("lat").value = lat.toFixed(4);
@@ -87,7 +130,7 @@ function updateMarker(country) {
   const known = Number.isFinite(lat) && Number.isFinite(lon);
   $("marker").setAttribute("visibility", known ? "visible" : "hidden"); // SVG ignores the hidden attribute
   if (!known) {
-    $("place-readout").textContent = "Click the map to choose a location.";
+    $("place-readout").textContent = MAP_HINT;
     return;
   }
   $("marker-dot").setAttribute("cx", lon);
@@ -424,6 +467,10 @@ async function loadModel() {
 
 function init() {
   $("map").addEventListener("click", onMapClick);
+  $("map").addEventListener("wheel", onWheel, { passive: false });
+  $("map").addEventListener("pointerdown", onPointerDown);
+  $("map").addEventListener("pointermove", onPointerMove);
+  $("map").addEventListener("dblclick", () => setView(-180, -90, WORLD_WIDTH));
   for (const id of ["lat", "lon"]) $(id).addEventListener("input", () => updateMarker(null));
   $("cloud").addEventListener("input", () => { $("cloud-out").value = $("cloud").value + " %"; });
   document.querySelectorAll("[role=tab]").forEach((tab) => tab.addEventListener("click", () => selectTask(tab.dataset.task)));
