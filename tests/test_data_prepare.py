@@ -81,3 +81,39 @@ def test_prepare_temporal_task(shared_data, tmp_path, capsys):
     assert s["conditioning_pixel_values"].shape == (2, 4, 32, 32)
     assert [m.year for m in s["conditioning_metadata"]] == [2005, 2010] and s["metadata"].year == 2015
     assert np.isfinite(s["pixel_values"].numpy()).all()
+
+
+def test_prepare_fmow_tree_and_manifest(shared_data, tmp_path, capsys):
+    import PIL.Image
+    import rasterio
+
+    with rasterio.open(shared_data / "spacenet-samples/rgb_unmasked.tif") as src:
+        rgb = np.moveaxis(src.read(), 0, -1)[:48, :48]
+    tree = tmp_path / "fmow" / "airport"
+    tree.mkdir(parents=True)
+    PIL.Image.fromarray(rgb).save(tree / "airport_1_rgb.png")
+    (tree / "airport_1_rgb.json").write_text(json.dumps(
+        {"gsd": 0.6, "cloud_cover": 0, "timestamp": "2017-05-01T00:00:00Z", "lat": -8.4, "lon": -74.4,
+         "bounding_boxes": [{"category": "airport"}]}))
+    PIL.Image.fromarray(rgb).save(tree / "broken_rgb.png")
+    (tree / "broken_rgb.json").write_text("{oops")
+    manifest = tmp_path / "list.csv"
+    manifest.write_text("path,caption,lat,lon,gsd,cloud_cover,date\n"
+                        f"{shared_data / 'spacenet-samples/rgb_unmasked.tif'},a harbour,5.3,-4.0,4.5,,2017-01-02\n"
+                        "nowhere.tif,x,,,,,\n")
+    code, _, err = _run(capsys, tmp_path / "fmow", manifest, "--out", tmp_path / "o", "--chip-size", 64,
+                        "--shard-size", 1)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["samples"] == 2 and len(summary["shards"]) == 2
+    reasons = " | ".join(f"{s['path']}: {s['reason']}" for s in summary["skipped"])
+    assert "broken_rgb.json: unreadable JSON" in reasons and "row 2: path 'nowhere.tif' points nowhere" in reasons
+    captions = sorted(s["caption"] for s in ShardDataset(tmp_path / "o", rank=0, world_size=1))
+    assert captions == ["a harbour", "a satellite image of an airport in Peru"]
+
+
+def test_prepare_wrong_band_selection_is_reported(shared_data, tmp_path, capsys):
+    code, _, err = _run(capsys, shared_data / "geotiff-samples/shade.tif", shared_data / "planetscope-like/rgbn.tif",
+                        "--bands", "1,2,3", "--out", tmp_path / "o", "--chip-size", 128)
+    assert code == 0
+    assert "shade.tif: band 2 requested but the file has 1 band (allowed 1–1)" in err

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .. import geo
 from ..metadata import SatMetadata
@@ -387,7 +388,7 @@ class Chip:
             "pixel_values": to_model_range(self.image, self.pixel_range, self.valid),
             "caption": self.caption,
             "metadata": self.metadata,
-            "valid_mask": __import__("torch").from_numpy(self.valid.copy()),
+            "valid_mask": torch.from_numpy(self.valid.copy()),
         }
 
 
@@ -486,6 +487,20 @@ def chip_key(path: str | os.PathLike, window: tuple[int, int, int, int]) -> str:
     """Stable sample key: file stem + window (no dots, as WebDataset keys must not contain any)."""
     stem = Path(path).stem.replace(".", "_")
     return f"{stem}_c{window[0]}_r{window[1]}_s{window[2]}"
+
+
+def check_pixels(info: RasterInfo) -> None:
+    """Read every block of the selected bands at full resolution once; a damaged file raises
+    :class:`DataError` here, before any chip of it is used (memory stays at one block)."""
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    try:
+        with rasterio.open(info.dataset) as src:
+            for _, window in src.block_windows(info.bands[0]):
+                src.read(info.bands, window=window)
+    except (RasterioError, OSError) as err:
+        raise DataError(info.source, f"cannot read its pixels ({str(err).splitlines()[0]}); the file is damaged") from None
 
 
 def iter_chips(

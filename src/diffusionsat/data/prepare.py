@@ -29,7 +29,15 @@ from ..metadata import SatMetadata
 from .captions import AUTO_TEMPLATE, FMOW_TEMPLATE
 from .errors import DataError, Skipped
 from .fmow import find_fmow_pairs, parse_fmow_json
-from .geotiff import RASTER_SUFFIXES, find_rasters, group_band_files, iter_chips, open_raster
+from .geotiff import (
+    RASTER_SUFFIXES,
+    check_pixels,
+    chip_windows,
+    find_rasters,
+    group_band_files,
+    iter_chips,
+    open_raster,
+)
 from .images import image_pixel_range, read_image
 from .manifest import MANIFEST_SUFFIXES, read_manifest, write_manifest
 from .shards import ShardWriter, chip_entries, encode_image
@@ -154,22 +162,26 @@ def _generate_items(cfg: PrepareConfig, rasters: list[Path], manifests: list[Pat
     for path in rasters:
         try:
             info = open_raster(path, bands=cfg.bands, band_names=cfg.band_names, date_pattern=cfg.date_pattern)
-            nodata_skips: list[str] = []
-            chips = list(iter_chips(info, cfg.chip_size, stride=cfg.stride, max_nodata=cfg.max_nodata,
-                                    skipped=nodata_skips, out_size=cfg.resize, template=cfg.template,
-                                    sensor=cfg.sensor, countries=cfg.countries))
+            check_pixels(info)  # a damaged file is skipped whole, before any of its chips is written
+            if not chip_windows(info.width, info.height, cfg.chip_size, cfg.stride):
+                raise DataError(info.source, f"{info.width}×{info.height} px is smaller than one {cfg.chip_size} px chip")
         except DataError as err:
             stats.skipped.append(Skipped(str(path), err.problem))
             logger.info("skipping %s", err)
             continue
+        nodata_skips: list[str] = []
+        kept = 0
+        for chip in iter_chips(info, cfg.chip_size, stride=cfg.stride, max_nodata=cfg.max_nodata,
+                               skipped=nodata_skips, out_size=cfg.resize, template=cfg.template,
+                               sensor=cfg.sensor, countries=cfg.countries):
+            kept += 1
+            yield chip.key, chip_entries(chip, cfg.template), chip.metadata, chip.caption, chip.source
         stats.chips_skipped_nodata += len(nodata_skips)
-        if not chips:
+        if kept:
+            stats.files_used += 1
+        else:
             stats.skipped.append(Skipped(str(path), f"all {len(nodata_skips)} chips are more than "
                                                     f"{cfg.max_nodata:.0%} nodata"))
-            continue
-        stats.files_used += 1
-        for chip in chips:
-            yield chip.key, chip_entries(chip, cfg.template), chip.metadata, chip.caption, chip.source
     for manifest in manifests:
         try:
             rows = read_manifest(manifest, on_error="skip", skipped=stats.skipped)
@@ -225,8 +237,7 @@ def _task_items(cfg: PrepareConfig, rasters: list[Path], stats: _Stats) -> Itera
             target = seq.frames[-1]
             entries = chip_entries(target, cfg.template)
             frames = np.concatenate([f.image for f in seq.frames[:-1]], axis=0)
-            entries["frames.tif"] = encode_image(frames if frames.dtype != np.uint8 or frames.shape[0] not in (1, 3, 4)
-                                                 else frames.astype(np.uint16))[1]
+            entries["frames.tif"] = encode_image(frames, force_tiff=True)[1]
             entries["json"]["frames"] = [{"source": f.source, "metadata": f.metadata.to_dict()} for f in seq.frames[:-1]]
             yield target.key, entries, target.metadata, target.caption, target.source
     elif cfg.task == "superres":
@@ -241,8 +252,7 @@ def _task_items(cfg: PrepareConfig, rasters: list[Path], stats: _Stats) -> Itera
             for i in range(len(ds)):
                 pair = ds.pair(i)
                 entries = chip_entries(pair.high, cfg.template)
-                low = pair.low if pair.low.dtype != np.uint8 else pair.low.astype(np.uint16)
-                entries["lowres.tif"] = encode_image(low)[1]
+                entries["lowres.tif"] = encode_image(pair.low, force_tiff=True)[1]
                 entries["json"]["lowres_metadata"] = pair.low_metadata.to_dict()
                 entries["json"]["lowres_pixel_range"] = [list(r) for r in pair.low_pixel_range]
                 yield pair.high.key, entries, pair.high.metadata, pair.high.caption, pair.high.source

@@ -46,12 +46,14 @@ IMAGE_EXTS = ("png", "tif", "jpg", "jpeg")
 
 
 def encode_image(image: np.ndarray, *, crs_wkt: str | None = None, transform: Sequence[float] | None = None,
-                 nodata: float | None = None, band_names: Sequence[str] | None = None) -> tuple[str, bytes]:
-    """(extension, bytes) of a (C, H, W) array: PNG for uint8 with 1/3/4 bands, else a GeoTIFF."""
+                 nodata: float | None = None, band_names: Sequence[str] | None = None,
+                 force_tiff: bool = False) -> tuple[str, bytes]:
+    """(extension, bytes) of a (C, H, W) array: PNG for uint8 with 1/3/4 bands, else (or with
+    ``force_tiff``, for entries whose name fixes the format) a GeoTIFF; both lossless."""
     arr = np.asarray(image)
     if arr.ndim == 2:
         arr = arr[None]
-    if arr.dtype == np.uint8 and arr.shape[0] in (1, 3, 4):
+    if arr.dtype == np.uint8 and arr.shape[0] in (1, 3, 4) and not force_tiff:
         import PIL.Image
 
         hwc = np.moveaxis(arr, 0, -1)
