@@ -85,3 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> None:  # pragma: no cover - console script wrapper
     sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()

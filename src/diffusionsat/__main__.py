@@ -1,0 +1,5 @@
+"""``python -m diffusionsat``: the command line."""
+
+from .cli.main import run
+
+run()

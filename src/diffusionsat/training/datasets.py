@@ -1,0 +1,65 @@
+"""Turn the ``data`` entries of a training config into a dataset of sample dicts."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from torch.utils.data import ConcatDataset, Dataset, Subset
+
+from .components import model_resolution
+from .config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+SHARD_SUFFIXES = (".tar",)
+MANIFEST_SUFFIXES = (".csv", ".parquet", ".jsonl")
+
+
+def _is_shards(entry: str) -> bool:
+    path = Path(entry)
+    if "://" in entry or entry.endswith(SHARD_SUFFIXES) or "{" in entry:
+        return True
+    return path.is_dir() and any(path.glob("*.tar"))
+
+
+def build_dataset(cfg: TrainConfig) -> Dataset:
+    """GeoTIFF scenes/folders → chips; ``.tar``/folders of shards/URLs → streamed shards;
+    manifests → their rows. Every sample is resized to the model's resolution (GSD scales)."""
+    from ..data.geotiff import GeoTiffChips
+    from ..data.shards import ShardDataset
+    from ..data.transforms import Resize
+
+    if not cfg.data:
+        raise ValueError("data: no training data given (a list of GeoTIFFs, folders, shards or manifests)")
+    resolution = model_resolution(cfg)
+    missing = [d for d in cfg.data if "://" not in d and "{" not in d and not Path(d).exists()]
+    if missing:
+        raise FileNotFoundError(f"data: {missing[0]!r} does not exist")
+    shards = [d for d in cfg.data if _is_shards(d)]
+    manifests = [d for d in cfg.data if d.endswith(MANIFEST_SUFFIXES)]
+    rasters = [d for d in cfg.data if d not in shards and d not in manifests]
+    if shards and (rasters or manifests):
+        raise ValueError("data: mix of streamed shards and files; convert the files with `diffusionsat prepare-data`")
+    if shards:
+        return ShardDataset(shards, shuffle_buffer=1000, seed=cfg.seed, transform=Resize(resolution))
+    parts: list[Dataset] = []
+    if rasters:
+        chips = GeoTiffChips(rasters, chip_size=cfg.chip_size or resolution, resize_to=resolution,
+                             bands=cfg.bands, date_pattern=cfg.date_pattern, max_nodata=cfg.max_nodata,
+                             on_error="skip")
+        for path, problem in chips.skipped:
+            logger.warning("skipped %s: %s", path, problem)
+        parts.append(chips)
+    if manifests:
+        from ..data.manifest import ManifestDataset
+
+        parts.append(ManifestDataset(manifests, transform=Resize(resolution)))
+    dataset = parts[0] if len(parts) == 1 else ConcatDataset(parts)
+    if len(dataset) == 0:
+        raise ValueError(f"data: no usable samples in {cfg.data} (all files skipped or empty)")
+    if cfg.max_samples is not None and cfg.max_samples < len(dataset):
+        # An even spread over the whole dataset, not just the first scene.
+        step = len(dataset) / cfg.max_samples
+        dataset = Subset(dataset, [int(i * step) for i in range(cfg.max_samples)])
+    return dataset

@@ -1,0 +1,529 @@
+"""The text+metadata training loop, on ``accelerate`` from one CPU to many GPUs (DDP/FSDP/DeepSpeed).
+
+Reads like a plain diffusers training script: encode → add noise at random timesteps → predict
+ε or v → (Min-SNR-weighted) MSE → step. What it adds is what long runs need: EMA, per-field
+metadata dropout and caption dropout for classifier-free guidance, atomic checkpoints that
+restore everything (model, EMA, optimiser, LR schedule, data position), validation grids,
+TensorBoard, and a final ``save_pretrained`` folder that ``diffusionsat generate`` loads.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from ..fileio import atomic_dir, atomic_path
+from ..metadata import METADATA_FIELDS, SatMetadata, as_metadata
+from ..pipelines import DiffusionSatPipeline
+from .components import build_initial_pipeline, model_resolution
+from .config import TrainConfig
+from .reproducibility import EpochSampler, sample_generator
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "checkpoint-"
+VOCAB_SCAN_SAMPLES = 20000
+_CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+
+
+@dataclass
+class TrainState:
+    """Where the run is: saved in every checkpoint as ``trainer_state.json``."""
+
+    global_step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    samples_seen: int = 0
+
+
+class _Indexed(Dataset):
+    """Adds the sample's index, which seeds its noise/timestep/dropout."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = dict(self.dataset[index])
+        item["index"] = index
+        return item
+
+
+def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack pixels; keep captions, metadata and sample ids (index, or key for streamed shards) as lists."""
+    return {
+        "pixel_values": torch.stack([torch.as_tensor(it["pixel_values"], dtype=torch.float32) for it in items]),
+        "caption": [str(it.get("caption") or "") for it in items],
+        "metadata": [as_metadata(it.get("metadata")) for it in items],
+        "sample_id": [it["index"] if "index" in it else str(it["key"]) for it in items],
+    }
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temporary ``.partial`` folders are ignored)."""
+    folder = Path(output_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CHECKPOINT_RE.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_resume(output_dir: str | os.PathLike, resume: str | None) -> Path | None:
+    """``latest`` → the newest checkpoint (or ``None`` for a fresh run); a path → that checkpoint."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / "trainer_state.json").is_file():
+        raise FileNotFoundError(f"--resume {resume!r}: not a checkpoint folder (no trainer_state.json)")
+    return path
+
+
+def draw_sample_randomness(cfg: TrainConfig, sample_ids: Sequence[int | str], epoch: int,
+                           shape: tuple[int, ...], num_timesteps: int):
+    """Noise, timestep, caption-dropout and per-field metadata-dropout decisions of each sample.
+
+    Returns ``(noise (B, *shape), timesteps (B,), drop_caption (B,) bool, drop_metadata (B, 7) bool)``.
+    """
+    noise, timesteps, drop_caption, drop_md = [], [], [], []
+    p_md = torch.tensor(cfg.field_dropout())
+    for sample_id in sample_ids:
+        g = sample_generator(cfg.seed, epoch, sample_id)
+        noise.append(torch.randn(shape, generator=g))
+        timesteps.append(torch.randint(0, num_timesteps, (1,), generator=g))
+        drop_caption.append(torch.rand(1, generator=g) < cfg.caption_dropout)
+        drop_md.append(torch.rand(len(METADATA_FIELDS), generator=g) < p_md)
+    return torch.stack(noise), torch.cat(timesteps), torch.cat(drop_caption), torch.stack(drop_md)
+
+
+class Trainer:
+    """Train (or fine-tune) a :class:`DiffusionSatPipeline` on a dataset of dict samples.
+
+    A sample is ``{"pixel_values": (C, H, W) float in [-1, 1], "caption": str, "metadata":
+    SatMetadata | dict | None}`` — the format of :mod:`diffusionsat.data`.
+    """
+
+    def __init__(self, cfg: TrainConfig, dataset: Dataset, accelerator=None):
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration
+
+        self.cfg = cfg.validate()
+        self.output_dir = Path(cfg.output_dir)
+        if not isinstance(dataset, IterableDataset) and len(dataset) == 0:  # type: ignore[arg-type]
+            raise ValueError("the training dataset is empty: check the data paths and chip settings")
+        self.dataset = dataset
+        log_with = cfg.report_to if cfg.report_to and _tensorboard_available() else None
+        self.accelerator = accelerator or Accelerator(
+            cpu=_cpu_processes(),
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            mixed_precision=cfg.mixed_precision,
+            log_with=log_with,
+            project_config=ProjectConfiguration(project_dir=str(self.output_dir),
+                                                logging_dir=str(self.output_dir / "logs")),
+        )
+        self.state = TrainState()
+        self.loss_history: list[float] = []
+
+    # --- set-up --------------------------------------------------------------------------------
+    def _first_sample(self) -> dict[str, Any]:
+        if isinstance(self.dataset, IterableDataset):
+            for sample in self.dataset:
+                return sample
+            raise ValueError("the training dataset is empty: check the data paths and chip settings")
+        return self.dataset[0]
+
+    def _check_sample_size(self, resolution: int) -> None:
+        first = self._first_sample()
+        shape = tuple(torch.as_tensor(first["pixel_values"]).shape)
+        if len(shape) != 3 or shape[1:] != (resolution, resolution):
+            raise ValueError(
+                f"samples are {shape[1:] if len(shape) == 3 else shape} px but preset {self.cfg.preset!r} "
+                f"trains at {resolution}x{resolution}: set chip_size/resolution so they agree"
+            )
+
+    def _captions(self) -> list[str]:
+        captions = getattr(self.dataset, "captions", None)
+        if callable(captions):
+            return list(captions())
+        if isinstance(self.dataset, IterableDataset):  # streamed: the vocabulary of a large prefix
+            return [str(s.get("caption") or "") for s in itertools.islice(self.dataset, VOCAB_SCAN_SAMPLES)]
+        return [str(self.dataset[i].get("caption") or "") for i in range(len(self.dataset))]  # type: ignore[arg-type]
+
+    def _base_pipeline(self, resume_from: Path | None) -> DiffusionSatPipeline:
+        """Fresh runs save their initial pipeline in ``base/`` so a resume rebuilds it exactly."""
+        base = self.output_dir / "base"
+        if (base / "model_index.json").is_file():
+            pipe = DiffusionSatPipeline.from_pretrained(base)
+        elif resume_from is not None:
+            raise FileNotFoundError(f"cannot resume: {base} (the run's initial model) is missing")
+        else:
+            pipe = build_initial_pipeline(self.cfg, self._captions())
+            if self.accelerator.is_main_process:
+                with atomic_dir(base, overwrite=True) as tmp:
+                    pipe.save_pretrained(tmp)
+            self.accelerator.wait_for_everyone()
+        return pipe
+
+    def _train_text_encoder(self) -> bool:
+        if self.cfg.train_text_encoder is not None:
+            return self.cfg.train_text_encoder
+        return self.cfg.preset != "sd21"  # our small text encoders start random
+
+    # --- the loss ------------------------------------------------------------------------------
+    def compute_loss(self, batch: dict[str, Any], epoch: int) -> torch.Tensor:
+        device = self.accelerator.device
+        pixels = batch["pixel_values"].to(device)
+        latents = self._encode(pixels, batch["sample_id"])
+        num_t = self.noise_scheduler.config.num_train_timesteps
+        noise, timesteps, drop_caption, drop_md = draw_sample_randomness(
+            self.cfg, batch["sample_id"], epoch, tuple(latents.shape[1:]), num_t
+        )
+        noise, timesteps = noise.to(device, latents.dtype), timesteps.to(device)
+
+        captions = ["" if drop else c for c, drop in zip(batch["caption"], drop_caption.tolist())]
+        tokens = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt").input_ids.to(device)
+        text = self.text_encoder(tokens)[0]
+        unknown = float(self.unet_config.metadata_unknown_value)
+        md = torch.tensor([m.normalize(unknown) for m in batch["metadata"]], dtype=torch.float32)
+        md = torch.where(drop_md, torch.full_like(md, unknown), md).to(device)
+
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        pred = self.unet(noisy, timesteps, text, metadata=md).sample
+        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        if self.cfg.snr_gamma is not None:
+            per_sample = per_sample * self._snr_weights(timesteps)
+        return per_sample.mean()
+
+    def _snr_weights(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """Min-SNR-γ weighting (Hang et al. 2023), as the original recipe (γ = 5)."""
+        from diffusers.training_utils import compute_snr
+
+        snr = compute_snr(self.noise_scheduler, timesteps)
+        clipped = torch.clamp(snr, max=self.cfg.snr_gamma)
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            return clipped / (snr + 1)
+        return clipped / snr
+
+    def _encode(self, pixels: torch.Tensor, sample_ids: list) -> torch.Tensor:
+        """Pixels → model space; with ``precompute_latents`` each sample is encoded once (mode)."""
+        if self.vae is None:
+            return pixels
+        if self._latent_cache is not None:
+            cached = [self._latent_cache.get(i) for i in sample_ids]
+            if all(c is not None for c in cached):
+                return torch.stack(cached).to(pixels.device)
+        with torch.no_grad():
+            dist = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
+            latents = (dist.mean if self._latent_cache is not None else dist.sample()) * self.vae.config.scaling_factor
+        if self._latent_cache is not None:
+            for i, lat in zip(sample_ids, latents):
+                self._latent_cache[i] = lat.detach().cpu()
+        return latents
+
+    def _dataloader(self) -> tuple[DataLoader, EpochSampler | None]:
+        cfg = self.cfg
+        if isinstance(self.dataset, IterableDataset):
+            loader = DataLoader(self.dataset, batch_size=cfg.batch_size, collate_fn=collate,
+                                num_workers=cfg.num_workers, drop_last=True)
+            return loader, None
+        sampler = EpochSampler(len(self.dataset), seed=cfg.seed)  # type: ignore[arg-type]
+        loader = DataLoader(_Indexed(self.dataset), batch_size=cfg.batch_size, sampler=sampler,
+                            collate_fn=collate, num_workers=cfg.num_workers, drop_last=True)
+        if len(loader) == 0:
+            raise ValueError(f"batch_size={cfg.batch_size} is larger than the dataset ({len(self.dataset)} samples)")  # type: ignore[arg-type]
+        return loader, sampler
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        """Atomically write a checkpoint (temp folder + rename) and keep the last K."""
+        acc = self.accelerator
+        folder = self.output_dir / "checkpoints"
+        final = folder / f"{CHECKPOINT_PREFIX}{self.state.global_step:08d}"
+        tmp = folder / f".{final.name}.partial"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            if self.ema is not None:
+                save_ema(self.ema, tmp)
+            (tmp / "trainer_state.json").write_text(json.dumps(self.state.__dict__, indent=2))
+            (tmp / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2, default=str))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for old in list_checkpoints(self.output_dir)[: -self.cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self, path: Path) -> None:
+        self.accelerator.load_state(str(path))
+        if self.ema is not None:
+            load_ema(self.ema, path)
+        self.state = TrainState(**json.loads((path / "trainer_state.json").read_text()))
+        logger.info("resumed from %s at step %d", path, self.state.global_step)
+
+    # --- the loop ------------------------------------------------------------------------------
+    def train(self, resume: str | None = None) -> Path:
+        """Run to ``max_steps`` (resuming when asked); returns the final model folder."""
+        from accelerate.utils import set_seed
+        from diffusers.optimization import get_scheduler
+        from diffusers.training_utils import EMAModel
+        from tqdm.auto import tqdm
+
+        cfg, acc = self.cfg, self.accelerator
+        set_seed(cfg.seed)
+        resume_from = resolve_resume(self.output_dir, resume)
+        resolution = model_resolution(cfg)
+        self._check_sample_size(resolution)
+        pipe = self._base_pipeline(resume_from)
+        self.pipeline = pipe
+        self.tokenizer, self.noise_scheduler, self.vae = pipe.tokenizer, pipe.scheduler, pipe.vae
+        self.unet_config = pipe.unet.config
+        self._latent_cache = {} if (cfg.precompute_latents and pipe.vae is not None) else None
+        unet, text_encoder = pipe.unet, pipe.text_encoder
+        train_text = self._train_text_encoder()
+        text_encoder.requires_grad_(train_text)
+        if self.vae is not None:
+            self.vae.requires_grad_(False).to(acc.device)
+        if cfg.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+            if train_text:
+                text_encoder.gradient_checkpointing_enable()
+        params = list(unet.parameters()) + (list(text_encoder.parameters()) if train_text else [])
+        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                      weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+        lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer=optimizer,
+                                     num_warmup_steps=cfg.lr_warmup_steps * acc.num_processes,
+                                     num_training_steps=cfg.max_steps * acc.num_processes)
+        loader, sampler = self._dataloader()
+        to_prepare = [unet] + ([text_encoder] if train_text else []) + [optimizer, lr_scheduler]
+        if sampler is not None:  # map-style: accelerate shards the batches across processes
+            to_prepare.append(loader)
+        else:  # streamed shards split themselves by rank and worker (each sample read once)
+            to_prepare.append(None)
+        prepared = acc.prepare(*[p for p in to_prepare if p is not None])
+        unet = prepared[0]
+        if train_text:
+            text_encoder = prepared[1]
+        else:
+            text_encoder.to(acc.device)
+        optimizer, lr_scheduler = prepared[1 + train_text], prepared[2 + train_text]
+        if sampler is not None:
+            loader = prepared[-1]
+        self.unet, self.text_encoder = unet, text_encoder
+        ema = None
+        if cfg.use_ema:
+            ema = EMAModel(params, decay=cfg.ema_decay)
+            ema.to(acc.device)
+        self.ema = ema
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
+        if acc.is_main_process and acc.log_with:
+            acc.init_trackers("diffusionsat", config={k: str(v) for k, v in cfg.to_dict().items()})
+
+        batches_per_epoch = len(loader) if sampler is not None else None
+        total_batch = cfg.batch_size * acc.num_processes * cfg.gradient_accumulation_steps
+        progress = tqdm(total=cfg.max_steps, initial=self.state.global_step, disable=not acc.is_local_main_process,
+                        desc="training", unit="step")
+        started, steps_timed = time.perf_counter(), 0
+        try:
+            while self.state.global_step < cfg.max_steps:
+                epoch = self.state.epoch
+                # accelerate's loaders re-set the sampler's epoch from their own counter on each
+                # iteration: set theirs, so the data order depends on the epoch alone.
+                skip = self.state.batches_in_epoch
+                if sampler is not None:
+                    loader.set_epoch(epoch)
+                    epoch_loader = acc.skip_first_batches(loader, skip) if skip else loader
+                    epoch_loader.set_epoch(epoch)
+                else:
+                    if hasattr(self.dataset, "set_epoch"):
+                        self.dataset.set_epoch(epoch)
+                    epoch_loader = itertools.islice(loader, skip, None)
+                for batch in epoch_loader:
+                    with acc.accumulate(unet, text_encoder):
+                        loss = self.compute_loss(batch, epoch)
+                        acc.backward(loss)
+                        if acc.sync_gradients and cfg.max_grad_norm > 0:
+                            acc.clip_grad_norm_(params, cfg.max_grad_norm)
+                        optimizer.step()
+                        lr_scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
+                    self.state.batches_in_epoch += 1
+                    if not acc.sync_gradients:
+                        continue
+                    if ema is not None:
+                        ema.step(params)
+                    self.state.global_step += 1
+                    self.state.samples_seen += total_batch
+                    steps_timed += 1
+                    loss_value = acc.gather(loss.detach()[None]).mean().item()
+                    self.loss_history.append(loss_value)
+                    rate = steps_timed * total_batch / max(time.perf_counter() - started, 1e-9)
+                    progress.update()
+                    progress.set_postfix(loss=f"{loss_value:.4f}", samples_per_s=f"{rate:.1f}")
+                    if self.state.global_step % cfg.log_every == 0 or self.state.global_step == 1:
+                        acc.log({"loss": loss_value, "lr": lr_scheduler.get_last_lr()[0],
+                                 "samples_per_s": rate}, step=self.state.global_step)
+                    if batches_per_epoch is not None and self.state.batches_in_epoch >= batches_per_epoch:
+                        self.state.epoch += 1
+                        self.state.batches_in_epoch = 0
+                    step = self.state.global_step
+                    if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+                        self.save_checkpoint()
+                    if cfg.validate_every and step % cfg.validate_every == 0:
+                        self.validate()
+                    if step >= cfg.max_steps:
+                        break
+                else:
+                    self.state.epoch = epoch + 1
+                    self.state.batches_in_epoch = 0
+        except torch.OutOfMemoryError as err:
+            raise RuntimeError(
+                f"out of memory at batch_size={cfg.batch_size}, resolution={resolution}: lower batch_size (and raise "
+                "gradient_accumulation_steps), enable gradient_checkpointing, or use mixed_precision=bf16/fp16"
+            ) from err
+        finally:
+            progress.close()
+        final = self.save_final()
+        acc.end_training()
+        return final
+
+    def _ema_applied(self):
+        """Context: model weights temporarily replaced by their EMA (validation, final save)."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def swap():
+            if self.ema is None:
+                yield
+                return
+            params = list(self._trainable_parameters())
+            self.ema.store(params)
+            self.ema.copy_to(params)
+            try:
+                yield
+            finally:
+                self.ema.restore(params)
+
+        return swap()
+
+    def _trainable_parameters(self):
+        unet = self.accelerator.unwrap_model(self.unet)
+        text_encoder = self.accelerator.unwrap_model(self.text_encoder)
+        yield from unet.parameters()
+        if self._train_text_encoder():
+            yield from text_encoder.parameters()
+
+    def _inference_pipeline(self) -> DiffusionSatPipeline:
+        acc = self.accelerator
+        pipe = DiffusionSatPipeline(
+            vae=self.vae, text_encoder=acc.unwrap_model(self.text_encoder), tokenizer=self.tokenizer,
+            unet=acc.unwrap_model(self.unet), scheduler=self.noise_scheduler,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def validate(self) -> Path | None:
+        """Save a grid of the fixed validation prompts × metadata (EMA weights) as PNG."""
+        if not self.accelerator.is_main_process:
+            return None
+        from ..imaging import image_grid
+
+        cfg = self.cfg
+        with self._ema_applied():
+            pipe = self._inference_pipeline()
+            rows = []
+            for prompt in cfg.validation_prompts:
+                row = []
+                for i, md in enumerate(cfg.validation_metadata):
+                    gen = torch.Generator().manual_seed(cfg.seed + i)
+                    row.append(pipe(prompt, metadata=SatMetadata.from_dict(md), num_inference_steps=cfg.validation_steps,
+                                    generator=gen, output_type="np").images[0])
+                rows.append(row)
+        grid = image_grid(rows)
+        path = self.output_dir / "validation" / f"step-{self.state.global_step:08d}.png"
+        from PIL import Image
+
+        with atomic_path(path, overwrite=True) as tmp:
+            Image.fromarray(grid).save(tmp, format="PNG")
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard":
+                tracker.writer.add_image("validation", grid, self.state.global_step, dataformats="HWC")
+        return path
+
+    def save_final(self) -> Path:
+        """``output_dir/model``: a diffusers folder with the EMA weights, loadable by ``generate``."""
+        acc = self.accelerator
+        final = self.output_dir / "model"
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            with self._ema_applied():
+                pipe = self._inference_pipeline()
+                with atomic_dir(final, overwrite=True) as tmp:
+                    pipe.save_pretrained(tmp)
+                    (tmp / "training.json").write_text(json.dumps(
+                        {"state": self.state.__dict__, "config": self.cfg.to_dict()}, indent=2, default=str))
+        acc.wait_for_everyone()
+        return final
+
+
+def _cpu_processes() -> bool:
+    """Multi-process runs without CUDA (``accelerate launch`` on CPUs) must ask for gloo CPU processes:
+    accelerate's multi-process launcher does not pass its ``use_cpu`` setting on to the processes."""
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+        return True
+    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _tensorboard_available() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def save_ema(ema, folder: Path) -> None:
+    """EMA weights as safetensors + scalars as JSON (no pickle in checkpoints)."""
+    from safetensors.torch import save_file
+
+    state = ema.state_dict()
+    shadow = state.pop("shadow_params")
+    save_file({f"shadow.{i}": p.detach().contiguous().cpu() for i, p in enumerate(shadow)}, folder / "ema.safetensors")
+    (folder / "ema.json").write_text(json.dumps(state))
+
+
+def load_ema(ema, folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(folder / "ema.safetensors")
+    state = json.loads((folder / "ema.json").read_text())
+    state["shadow_params"] = [tensors[f"shadow.{i}"] for i in range(len(tensors))]
+    ema.load_state_dict(state)

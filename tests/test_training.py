@@ -1,0 +1,200 @@
+"""Training: real-data overfit, kill-and-resume equivalence, 2-process CPU (gloo), dropout rates."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffusionsat import DiffusionSatPipeline
+from diffusionsat.cli.main import main
+from diffusionsat.metadata import METADATA_FIELDS
+from diffusionsat.training import Trainer, list_checkpoints, load_config
+from diffusionsat.training.config import parse_override_args
+from diffusionsat.training.datasets import build_dataset
+from diffusionsat.training.trainer import draw_sample_randomness
+
+NAIP = "naip-timeseries/m_4709963_se_14_1_20090818.tif"
+PY = sys.executable
+
+
+def base_overrides(shared_data: Path, out: Path, **extra) -> dict:
+    values = {
+        "data": [str(shared_data / NAIP)], "chip_size": 64, "bands": "1,2,3", "preset": "tiny",
+        "max_samples": 8, "batch_size": 4, "max_steps": 6, "learning_rate": 1e-3, "checkpoint_every": 2,
+        "keep_checkpoints": 2, "report_to": None, "output_dir": str(out), "seed": 3, "ema_decay": 0.9,
+    }
+    values.update(extra)
+    return values
+
+
+def as_flags(values: dict) -> list[str]:
+    flags = []
+    for key, value in values.items():
+        flags += [f"--{key.replace('_', '-')}", "null" if value is None else (str(value) if not isinstance(value, list) else str(value))]
+    return flags
+
+
+def unet_weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(next((model_dir / "unet").glob("*.safetensors")))
+
+
+def assert_same_weights(a: Path, b: Path, atol: float = 1e-6) -> None:
+    wa, wb = unet_weights(a), unet_weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], atol=atol, rtol=1e-5, msg=key)
+
+
+def test_loss_decreases_on_real_chips_and_model_loads(shared_data, tmp_path):
+    cfg = load_config(overrides=base_overrides(shared_data, tmp_path / "run", max_samples=4, max_steps=60,
+                                               checkpoint_every=60, learning_rate=2e-3, caption_dropout=0.0,
+                                               metadata_dropout=0.0, validate_every=60, validation_steps=2))
+    trainer = Trainer(cfg, build_dataset(cfg))
+    final = trainer.train()
+    history = trainer.loss_history
+    assert len(history) == 60
+    assert np.mean(history[-15:]) < 0.8 * np.mean(history[:15]), history
+    pipe = DiffusionSatPipeline.from_pretrained(final)
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a satellite image", metadata={"lat": 47.0, "lon": -99.2}, num_inference_steps=2, output_type="np").images
+    assert image.shape == (1, 16, 16, 3)
+    assert list((tmp_path / "run" / "validation").glob("step-*.png"))
+    # the final folder is what `generate` takes
+    assert main(["generate", "x", "--model", str(final), "--steps", "2", "--out", str(tmp_path / "g.png")]) == 0
+
+
+def test_kill_and_resume_matches_uninterrupted_run(shared_data, tmp_path):
+    steps = 10
+
+    def command(out: Path, *extra: str) -> list[str]:
+        flags = as_flags(base_overrides(shared_data, out, max_steps=steps, checkpoint_every=2))
+        return [PY, "-m", "diffusionsat", "train", *flags, *extra]
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    ref = subprocess.run(command(tmp_path / "ref"), env=env, capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    victim = subprocess.Popen(command(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(
+        int(p.name.split("-")[1]) >= 4 for p in list_checkpoints(tmp_path / "killed")
+    ):
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    done = list_checkpoints(tmp_path / "killed")
+    assert done and int(done[-1].name.split("-")[1]) < steps, "the run finished before it could be killed"
+    resumed = subprocess.run(command(tmp_path / "killed", "--resume", "latest"), env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_same_weights(tmp_path / "ref" / "model", tmp_path / "killed" / "model")
+    assert len(list_checkpoints(tmp_path / "killed")) == 2  # keep_checkpoints
+    assert not list((tmp_path / "killed" / "checkpoints").glob(".*partial"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_cpu_run_equals_one_process_with_double_batch(shared_data, tmp_path):
+    script = tmp_path / "run_rank.py"
+    script.write_text(textwrap.dedent("""
+        import sys, torch
+        from safetensors.torch import save_file
+        from diffusionsat.training import Trainer, load_config
+        from diffusionsat.training.datasets import build_dataset
+        from diffusionsat.training.config import parse_override_args
+        cfg = load_config(overrides=parse_override_args(sys.argv[2:]))
+        trainer = Trainer(cfg, build_dataset(cfg))
+        trainer.train()
+        unet = trainer.accelerator.unwrap_model(trainer.unet)
+        rank = trainer.accelerator.process_index
+        save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, sys.argv[1] + f"/rank{rank}.safetensors")
+    """))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    two = tmp_path / "two"
+    two.mkdir()
+    config = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "cpu-2proc.yaml"
+    launch = [PY, "-m", "accelerate.commands.launch", "--config_file", str(config), "--main_process_port", str(_free_port()),
+              str(script), str(two), *as_flags(base_overrides(shared_data, two / "run", batch_size=2, max_steps=4))]
+    proc = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = load_file(two / "rank0.safetensors"), load_file(two / "rank1.safetensors")
+    for key in r0:
+        torch.testing.assert_close(r0[key], r1[key], atol=0, rtol=0, msg=key)
+
+    one = tmp_path / "one"
+    one.mkdir()
+    single = subprocess.run([PY, str(script), str(one),
+                             *as_flags(base_overrides(shared_data, one / "run", batch_size=4, max_steps=4))],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    s0 = load_file(one / "rank0.safetensors")
+    init = unet_weights(one / "run" / "base")
+    # Same samples, same noise, gradients averaged by DDP: the updates agree up to float summation
+    # order (which Adam amplifies for parameters whose true gradient is ~0, e.g. biases before a norm).
+    diff = sum(((r0[k] - s0[k]) ** 2).sum() for k in r0).sqrt()
+    update = sum(((s0[k] - init[k]) ** 2).sum() for k in r0).sqrt()
+    assert update > 0
+    assert diff / update < 1e-2, (diff / update).item()
+
+
+def test_dropout_rates_are_honoured():
+    cfg = load_config(overrides={"caption_dropout": 0.3, "metadata_dropout": 0.1,
+                                 "metadata_dropout_fields": {"lat": 0.5, "year": 0.0}})
+    _, timesteps, drop_caption, drop_md = draw_sample_randomness(cfg, list(range(4000)), 0, (1, 1, 1), 1000)
+    assert abs(drop_caption.float().mean().item() - 0.3) < 0.03
+    rates = drop_md.float().mean(0)
+    expected = [0.5 if f == "lat" else 0.0 if f == "year" else 0.1 for f in METADATA_FIELDS]
+    for field, rate, want in zip(METADATA_FIELDS, rates.tolist(), expected):
+        assert abs(rate - want) < 0.03, (field, rate)
+    assert timesteps.min() >= 0 and timesteps.max() < 1000
+    # the draws depend on (seed, epoch, sample) only
+    again = draw_sample_randomness(cfg, [5, 7], 0, (2, 2, 2), 1000)
+    first = draw_sample_randomness(cfg, list(range(8)), 0, (2, 2, 2), 1000)
+    torch.testing.assert_close(again[0], first[0][[5, 7]])
+
+
+def test_config_errors_are_clear(tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"unknown config key 'learning_rat' \(did you mean learning_rate"):
+        load_config(overrides={"learning_rat": 1})
+    with pytest.raises(ValueError, match="batch_size=0: must be >= 1"):
+        load_config(overrides={"batch_size": "0"})
+    with pytest.raises(ValueError, match="max_steps='ten': must be an integer"):
+        load_config(overrides={"max_steps": "ten"})
+    assert parse_override_args(["--use-ema", "false", "--seed=4"]) == {"use_ema": "false", "seed": "4"}
+    (tmp_path / "bad.yaml").write_text("batch_size: 2\nnot_a_key: 3\n")
+    assert main(["train", "--config", str(tmp_path / "bad.yaml")]) == 2
+    assert "unknown config key 'not_a_key'" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["train", "--data", str(empty), "--output-dir", str(tmp_path / "o"), "--report-to", "null"]) == 2
+    assert "no usable samples" in capsys.readouterr().err or "no chips" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["train", "--preset", "small", "--resolution", "30", "--data", str(empty)]) == 2
+    assert "needs a multiple of 4" in capsys.readouterr().err
+    assert main(["train", "--preset", "sd21", "--data", str(empty)]) == 2
+    assert "pretrained" in capsys.readouterr().err
+
+
+def test_sample_size_must_match_preset(shared_data, tmp_path):
+    cfg = load_config(overrides=base_overrides(shared_data, tmp_path / "r"))
+    dataset = build_dataset(cfg)
+    cfg.resolution = 32
+    with pytest.raises(ValueError, match=r"trains at 32x32"):
+        Trainer(cfg, dataset).train()
