@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import socket
@@ -185,3 +186,35 @@ def test_bad_input_and_unavailable_task_are_explained(browser, live_server):
     sync_api.expect(page.locator("#paths")).to_contain_text("/v1/generate")
     page.close()
 
+
+
+def test_task_tabs_build_frames_and_a_one_band_mask(browser, live_server, tmp_path):
+    """Temporal lists a date per frame; a mask painted on a PNG is encoded as a 1-band PNG of its size."""
+    import numpy as np
+
+    picture = tmp_path / "scene.png"
+    PIL.Image.fromarray(np.full((32, 48, 3), 90, dtype=np.uint8)).save(picture)
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.goto(live_server + "/")
+    sync_api.expect(page.locator("#model-info")).to_contain_text("tiny-model")
+
+    page.click("[role=tab][data-task=temporal]")
+    page.set_input_files("#tp-frames", [str(picture), str(picture)])
+    assert page.locator("#tp-dates input[type=date]").count() == 2
+
+    page.click("[role=tab][data-task=inpaint]")
+    page.set_input_files("#ip-image", str(picture))
+    overlay = page.locator("#ip-overlay")
+    overlay.wait_for()
+    box = overlay.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.5)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5)
+    page.mouse.up()
+    data = page.evaluate("async () => Array.from(new Uint8Array(await (await drawnMask()).arrayBuffer()))")
+    mask = PIL.Image.open(io.BytesIO(bytes(data)))
+    assert mask.mode == "L" and mask.size == (48, 32)
+    pixels = np.asarray(mask)
+    assert set(np.unique(pixels)) == {0, 255}
+    assert pixels[16, 12] == 255 and pixels[16, 40] == 0 and pixels[2, 2] == 0
+    page.close()

@@ -179,9 +179,9 @@ def build_request(fields: dict[str, Any], model: ServedModel, size: tuple[int, i
 async def read_upload(upload: UploadFile, field: str, config: ServerConfig) -> UploadedImage:
     """Read at most the size limit (one byte more tells it was exceeded), then check the header."""
     data = await upload.read(config.max_upload_bytes + 1)
-    try:
-        return inspect_image(field, upload.filename, data, max_bytes=config.max_upload_bytes,
-                             max_pixels=config.max_image_pixels, max_bands=config.max_bands)
+    try:  # header parsing in a thread: the event loop keeps answering other clients
+        return await asyncio.to_thread(inspect_image, field, upload.filename, data, max_bytes=config.max_upload_bytes,
+                                       max_pixels=config.max_image_pixels, max_bands=config.max_bands)
     except UploadError as err:
         raise field_error(err.field, str(err), status=err.status) from None
 
@@ -443,7 +443,7 @@ def create_app(model: str | Path | None = None, *, pipeline: Any = None, config:
         picture = await read_upload(image, "image", config)
         drawn = await read_upload(mask, "mask", config)
         try:
-            filled = check_mask(drawn, picture)
+            filled = await asyncio.to_thread(check_mask, drawn, picture)
         except UploadError as err:
             raise field_error(err.field, str(err)) from None
         return await conditional("inpaint", fields, [picture], mask=filled)
