@@ -594,10 +594,14 @@ class GeoTiffChips:
             try:
                 info = open_raster(path, bands=bands, band_names=band_names, date_pattern=date_pattern)
                 with rasterio.open(info.dataset) as src:
+                    # One mask read per scene when it fits in 64 MB, else one per window.
+                    whole = src.dataset_mask() > 0 if info.width * info.height <= 64_000_000 else None
                     windows = []
                     for window in chip_windows(info.width, info.height, chip_size, stride):
-                        mask = src.dataset_mask(window=Window(*window))
-                        if 1.0 - float((mask > 0).mean()) <= max_nodata:
+                        c, r, w, h = window
+                        mask = whole[r:r + h, c:c + w] if whole is not None else \
+                            src.dataset_mask(window=Window(*window)) > 0
+                        if 1.0 - float(mask.mean()) <= max_nodata:
                             windows.append(window)
             except DataError as err:
                 if on_error == "raise":
