@@ -114,6 +114,8 @@ def test_fmow_out_of_range_value_names_field(fmow_dir):
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
 def test_manifest_formats_round_trip(shared_data, tmp_path, suffix):
+    if suffix == ".parquet":
+        pytest.importorskip("pyarrow", reason="Parquet manifests need pyarrow (the 'train' extra)")
     rows = [{"path": str(shared_data / "spacenet-samples/rgb_unmasked.tif"), "caption": "a port", "lat": 5.3,
              "lon": -4.0, "gsd": 4.5, "cloud_cover": None, "date": "2017-01-02"},
             {"path": str(shared_data / "geotiff-samples/shade.tif"), "caption": None, "lat": None, "lon": None,
