@@ -252,6 +252,22 @@ def test_public_bind_requires_token_and_token_is_enforced(model_dir, tmp_path):
         assert client.get("/health").status_code == 200 and client.get("/").status_code == 200
 
 
+@pytest.mark.parametrize(("host", "loopback"), [
+    ("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("[::1]", True), ("localhost", True),
+    ("0.0.0.0", False), ("::", False), ("192.168.1.5", False), ("example.org", False), ("", False),
+])
+def test_only_loopback_binds_without_token(host, loopback):
+    from diffusionsat.server import check_bind, is_loopback
+
+    assert is_loopback(host) is loopback
+    if loopback:
+        check_bind(host, None)
+    else:
+        with pytest.raises(InsecureBindError, match="--token"):
+            check_bind(host, None)
+        check_bind(host, "a-long-enough-token")
+
+
 def test_cli_refuses_public_bind_without_token_and_missing_model(capsys, tmp_path):
     assert cli_main(["serve", "--host", "0.0.0.0"]) == 2
     assert "--token" in capsys.readouterr().err
@@ -273,6 +289,12 @@ def test_full_queue_answers_429_with_retry_after_and_cancel_frees_it(model_dir, 
     with client_for(model_dir, tmp_path, workers=1, max_queue=1) as client:
         running = client.post("/v1/generate", json={"prompt": "x", "steps": LONG}).json()
         wait_for(client, running["id"], states=("running",))
+        deadline = time.monotonic() + 30
+        while (progress := client.get(f"/v1/jobs/{running['id']}").json())["step"] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert progress["steps"] == LONG and 0 < progress["progress"] < 1
+        assert progress["progress"] == pytest.approx(progress["step"] / LONG, abs=1e-3)
         waiting = client.post("/v1/generate", json={"prompt": "x", "steps": LONG})
         assert waiting.status_code == 202 and waiting.json()["queue_position"] == 0
         full = client.post("/v1/generate", json={"prompt": "x", "steps": 1})
