@@ -105,3 +105,19 @@ def test_generated_geotiff_from_metadata_alone_is_in_local_utm(tmp_path):
         assert (lon, lat) == pytest.approx((-99.15, 47.02), abs=1e-6)
         assert src.res == (5.0, 5.0)
         assert tuple(src.bounds) == pytest.approx(geo.transform_bounds_of(transform, 64, 32))
+
+
+@pytest.mark.parametrize("rel, window", [("naip-timeseries/m_4709963_se_14_1_20100629.tif", (256, 128, 256)),
+                                         ("geotiff-samples/cogeo.tif", (512, 0, 256)),
+                                         ("landsat-timeseries/1990.tif", (128, 64, 128))])
+def test_chip_metadata_centre_and_gsd_match_independent_computation(shared_data, rel, window):
+    from diffusionsat.data import open_raster, read_chip
+
+    col, row, size = window
+    chip = read_chip(open_raster(shared_data / rel), (col, row, size, size), out_size=size // 2)
+    ref_lon, ref_lat = _independent_centre(shared_data / rel, col, row, size)
+    assert chip.metadata.lon == pytest.approx(ref_lon, abs=1e-7)
+    assert chip.metadata.lat == pytest.approx(ref_lat, abs=1e-7)
+    with rasterio.open(shared_data / rel) as src:
+        native = geo.gsd_metres(src.crs, src.transform, ref_lon, ref_lat)
+    assert chip.metadata.gsd == pytest.approx(native * 2)  # resized to half: pixels twice as large
