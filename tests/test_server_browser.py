@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -58,16 +61,9 @@ def browser():
         chromium.close()
 
 
-@pytest.fixture(scope="module")
-def live_server(tmp_path_factory):
-    """The app on a real 127.0.0.1 port (uvicorn in a thread), with a tiny model."""
-    from diffusionsat.models.presets import build_pipeline
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    folder = tmp_path_factory.mktemp("browser") / "tiny-model"
-    build_pipeline("tiny", CAPTIONS, seed=0).save_pretrained(folder)
-    app = create_app(folder, output_dir=folder.parent / "out")
+@contextlib.contextmanager
+def serving(app):
+    """``app`` on a real free 127.0.0.1 port (uvicorn in a thread); yields its base URL."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -78,10 +74,30 @@ def live_server(tmp_path_factory):
     while not server.started:
         assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=30)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from diffusionsat.models.presets import build_pipeline
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("browser") / "tiny-model"
+    build_pipeline("tiny", CAPTIONS, seed=0).save_pretrained(folder)
+    yield folder
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def live_server(model_dir):
+    """The app with a tiny model on 127.0.0.1, no token."""
+    with serving(create_app(model_dir, output_dir=model_dir.parent / "out")) as url:
+        yield url
 
 
 def shot(page, name: str) -> None:
@@ -98,7 +114,8 @@ def test_pick_place_and_date_generate_and_download(browser, live_server, tmp_pat
     errors = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.goto(live_server + "/")
-    page.wait_for_function("document.querySelectorAll('#countries path').length > 100")
+    # (Playwright's wait_for_function evaluates strings, which the page's CSP rightly forbids: use locators.)
+    sync_api.expect(page.locator("#countries path").nth(100)).to_be_attached()
     sync_api.expect(page.locator("#model-info")).to_contain_text("tiny-model")
 
     assert not page.locator("#marker").is_visible()
@@ -113,7 +130,7 @@ def test_pick_place_and_date_generate_and_download(browser, live_server, tmp_pat
     # Zoom in with the wheel for a finer click: the place is then set to a small fraction of a degree.
     for _ in range(6):
         page.mouse.wheel(0, -120)
-    page.wait_for_function("document.querySelector('#map').getAttribute('viewBox').split(' ')[2] < 100")
+    sync_api.expect(page.locator("#map")).to_have_attribute("viewBox", re.compile(r"^\S+ \S+ \d{1,2}(\.\d+)? "))
     x0, y0, w, h = (float(v) for v in page.get_attribute("#map", "viewBox").split())
     page.mouse.click(box["x"] + box["width"] * (-99.2 - x0) / w, box["y"] + box["height"] * (-47.0 - y0) / h)
     assert abs(float(page.input_value("#lat")) - 47.0) < 0.25
@@ -128,7 +145,7 @@ def test_pick_place_and_date_generate_and_download(browser, live_server, tmp_pat
     page.click("#run")
     image = page.locator(".card img").first
     image.wait_for(timeout=60_000)
-    page.wait_for_function("document.querySelector('.card img').naturalWidth === 16")
+    sync_api.expect(image).to_have_js_property("naturalWidth", 16)
     card = page.locator(".card").first
     sync_api.expect(card).to_contain_text("2019-07-15")
     sync_api.expect(card).to_contain_text("5 m/px")
@@ -218,3 +235,25 @@ def test_task_tabs_build_frames_and_a_one_band_mask(browser, live_server, tmp_pa
     assert set(np.unique(pixels)) == {0, 255}
     assert pixels[16, 12] == 255 and pixels[16, 40] == 0 and pixels[2, 2] == 0
     page.close()
+
+
+def test_token_is_asked_for_and_sent_with_every_request(browser, model_dir, tmp_path):
+    token = "browser-token-42"
+    app = create_app(model_dir, host="0.0.0.0", token=token, output_dir=tmp_path / "out")
+    with serving(app) as url:
+        page = browser.new_page(viewport={"width": 1200, "height": 900}, accept_downloads=True)
+        page.goto(url + "/")
+        sync_api.expect(page.locator("#token-box")).to_be_visible()
+        sync_api.expect(page.locator("#model-info")).to_contain_text("token")
+        page.fill("#token", token)
+        page.click("#token-save")
+        sync_api.expect(page.locator("#model-info")).to_contain_text("tiny-model")
+        page.fill("#steps", "2")
+        page.click("#run")
+        sync_api.expect(page.locator(".card img").first).to_have_js_property("naturalWidth", 16, timeout=60_000)
+        with page.expect_download() as info:
+            page.locator(".card button[data-kind=json]").first.click()
+        saved = tmp_path / "sidecar.json"
+        info.value.save_as(saved)
+        assert json.loads(saved.read_text())["steps"] == 2
+        page.close()
