@@ -157,15 +157,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data", help="the shared data folder")
     parser.add_argument("--out", default="src/diffusionsat/assets/domain-encoder", help="output folder (replaced)")
-    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--per-class-train", type=int, default=2000)
     parser.add_argument("--per-class-heldout", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     rasters = load_sources(args.data)
@@ -196,6 +198,12 @@ def main() -> None:
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
     seconds = time.time() - start
+    with torch.no_grad():
+        model.eval()
+        sample = train["images"][torch.randperm(len(train["scene"]), generator=gen)[:1024]].float() / 255.0
+        rms = float(model.embed(sample).pow(2).mean().sqrt())
+    model.register_to_config(feature_scale=rms)
+    logger.info("embedding RMS on training chips: %.4f (stored as feature_scale)", rms)
 
     record = {
         "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,

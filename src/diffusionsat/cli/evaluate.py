@@ -47,7 +47,7 @@ def _path(value: str | None) -> Path | None:
 @click.option("--clip", default=None, help="Local transformers CLIP folder for the CLIP score.")
 @click.option("--lpips-backbone", default=None, help="Local TorchScript LPIPS backbone returning feature maps.")
 @click.option("--lpips-weights", default=None, help="LPIPS learned linear weights (.pth or .safetensors).")
-@click.option("--bootstrap", type=int, default=50, show_default=True, help="Bootstrap resamples for FID intervals.")
+@click.option("--bootstrap", type=int, default=20, show_default=True, help="Bootstrap resamples for FID intervals (0: none; each costs one FID).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing report in --out.")
 def evaluate(task, data, out, model, generated, compare, num_samples, seed, steps, guidance, size, device,
              domain_encoder, inception, clip, lpips_backbone, lpips_weights, bootstrap, overwrite):

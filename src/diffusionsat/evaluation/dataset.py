@@ -204,3 +204,30 @@ def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def load_stack(records: list[EvalRecord], size: tuple[int, int]) -> torch.Tensor:
     """(N, 3, H, W) images of ``records``, each resized to ``size``."""
     return torch.stack([resize(read_image(r.image), size) for r in records]) if records else torch.empty(0, 3, *size)
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(H, W) of an image file without reading its pixels."""
+    file = Path(path)
+    if file.suffix.lower() in (".tif", ".tiff"):
+        import rasterio
+
+        with rasterio.open(file) as src:
+            return src.height, src.width
+    with PIL.Image.open(file) as img:
+        return img.size[1], img.size[0]
+
+
+def at_size(record: EvalRecord, size: tuple[int, int]) -> EvalRecord:
+    """The record as compared at ``size``: same ground footprint, so GSD scales with the width.
+
+    A GSD that leaves the valid range after scaling becomes unknown (faithfulness skips it).
+    """
+    if record.metadata.gsd is None:
+        return record
+    native = image_size(record.image)[1]
+    try:
+        metadata = record.metadata.resized(native, size[1])
+    except ValueError:
+        metadata = record.metadata.replace(gsd=None)
+    return EvalRecord(record.key, record.image, record.caption, metadata, record.scene, record.mask, record.condition)

@@ -55,6 +55,7 @@ class DomainEncoder(ModelMixin, ConfigMixin):
         num_seasons: int = 4,
         mean: float = 0.4,
         std: float = 0.25,
+        feature_scale: float = 1.0,
     ):
         super().__init__()
         stages, channels = [], 3
@@ -99,6 +100,11 @@ class DomainEncoder(ModelMixin, ConfigMixin):
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.project(self.feature_maps(images)[-1].mean(dim=(2, 3)))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The embedding divided by ``feature_scale`` (its RMS on the training chips), so that
+        domain FID/KID land on a readable scale whatever the training run."""
+        return self.embed(images) / float(self.config.feature_scale)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         emb = self.embed(images)

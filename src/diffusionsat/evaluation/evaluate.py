@@ -29,10 +29,27 @@ from tqdm.auto import tqdm
 
 from ..fileio import check_writable
 from .baselines import bicubic_upsample, blur_noise, centre_mask, mean_fill, persistence
-from .dataset import EvalRecord, load_records, load_stack, match_generated, read_image, read_mask, resize
+from .dataset import (
+    EvalRecord,
+    at_size,
+    load_records,
+    load_stack,
+    match_generated,
+    read_image,
+    read_mask,
+    resize,
+)
 from .domain_encoder import SEASONS, WITHIN_LOG2, DomainEncoder, load_domain_encoder, season_of
 from .features import DomainOutputs, domain_outputs, inception_outputs
-from .metrics import fid, inception_score, kid, psnr_per_image, ssim_per_image, summarize_psnr
+from .metrics import (
+    clip_score_per_image,
+    fid,
+    inception_score,
+    kid,
+    psnr_per_image,
+    ssim_per_image,
+    summarize_psnr,
+)
 from .networks import InceptionFeatures, LPIPSDistance, PretrainedWeightsMissing, load_clip, load_lpips
 from .stats import Estimate, mean_estimate
 
@@ -64,7 +81,7 @@ class EvaluationConfig:
     clip: Path | None = None
     lpips_backbone: Path | None = None
     lpips_weights: Path | None = None
-    bootstrap: int = 50
+    bootstrap: int = 20
     overwrite: bool = False
 
     def validate(self) -> EvaluationConfig:
@@ -135,6 +152,20 @@ def is_model_folder(path: str | os.PathLike) -> bool:
     return (Path(path) / "model_index.json").is_file()
 
 
+def _metadata_at(rec: EvalRecord, real_side: int, side: int):
+    """The record's metadata for an image of ``side`` px covering the same ground (GSD scaled).
+
+    When the scaled GSD leaves the valid range (e.g. 300 m chips generated at 16 px), GSD is
+    requested as unknown rather than clipped, and faithfulness skips it for that record.
+    """
+    try:
+        return rec.metadata.resized(real_side, side)
+    except ValueError:
+        logger.warning("record %s: GSD %.1f m scaled to %d px is out of range; generated with GSD unknown",
+                       rec.key, rec.metadata.gsd, side)
+        return rec.metadata.replace(gsd=None)
+
+
 def generate_for_records(
     model: str, records: list[EvalRecord], out_dir: Path, *, seed: int, steps: int, guidance_scale: float,
     size: int | None, device: str, overwrite: bool,
@@ -158,7 +189,7 @@ def generate_for_records(
         native = int(pipe.unet.config.sample_size) * pipe.vae_scale_factor
         side = size or native
         request = GenerationRequest(
-            prompt=rec.caption, metadata=rec.metadata.resized(real_side, side), seed=seed + i, steps=steps,
+            prompt=rec.caption, metadata=_metadata_at(rec, real_side, side), seed=seed + i, steps=steps,
             guidance_scale=guidance_scale, width=side, height=side,
         )
         images, seeds, scheduler = generate_images(pipe, request)
@@ -197,10 +228,10 @@ def load_generated(
     for r in kept:
         gen = pairs[r.key]
         # What was asked: the generated sidecar when it has it, else the real record's condition.
+        asked = gen if not gen.metadata.is_unknown() else r  # whose metadata (and native size) applies
         requested.append(EvalRecord(
             key=r.key, image=gen.image, caption=gen.caption or r.caption,
-            metadata=gen.metadata if not gen.metadata.is_unknown() else r.metadata,
-            scene=gen.scene or r.scene, mask=r.mask, condition=r.condition,
+            metadata=at_size(asked, size).metadata, scene=gen.scene or r.scene, mask=r.mask, condition=r.condition,
         ))
     images = torch.stack([resize(read_image(g.image), size) for g in requested])
     return kept, images, requested
@@ -331,23 +362,9 @@ def faithfulness(
     return result
 
 
-def clip_scores(clip, images: torch.Tensor, captions: list[str]) -> np.ndarray:
-    """Per-image CLIP score with torchmetrics' CLIPScore and the locally loaded model."""
-    from torchmetrics.multimodal.clip_score import CLIPScore
-
-    model, processor = clip
-    metric = CLIPScore(model_name_or_path=lambda: (model, processor))
-    values = []
-    for image, caption in zip(images, captions):
-        metric.update((image * 255).round().to(torch.uint8), caption)
-        values.append(float(metric.compute()))
-        metric.reset()
-    return np.asarray(values)
-
-
 def compute_metrics(
     task: str, records: list[EvalRecord], real: torch.Tensor, candidates: list[Candidate], nets: Networks,
-    seed: int = 0, bootstrap: int = 50,
+    seed: int = 0, bootstrap: int = 20,
 ) -> tuple[dict[str, dict[str, Estimate]], dict[str, Any]]:
     """All metrics of ``task`` for every candidate → ({metric: {row: Estimate}}, per-condition details)."""
     n = len(records)
@@ -402,7 +419,8 @@ def compute_metrics(
             if nets.clip is None:
                 put("clip_score", c.name, Estimate.missing(nets.status.get("clip", {}).get("reason", "no CLIP model")))
             else:
-                put("clip_score", c.name, mean_estimate(clip_scores(nets.clip, c.images, [r.caption for r in _requested(c, records)]), seed=seed))
+                captions = [r.caption for r in _requested(c, records)]
+                put("clip_score", c.name, mean_estimate(clip_score_per_image(*nets.clip, c.images, captions), seed=seed))
     # Pairwise metrics against the reference image of the same record.
     if task in PAIRED_TASKS:
         other = real.roll(n // 2, dims=0)  # the floor row compares each real image with another one
@@ -478,9 +496,10 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     # 4. baselines
     candidates += build_baselines(config.task, records, real, config.seed)
 
-    # 5-6. networks and metrics
+    # 5-6. networks and metrics (real rows ask for the real metadata at the compared size)
     nets = load_networks(config)
-    tables, per_condition = compute_metrics(config.task, records, real, candidates, nets, config.seed, config.bootstrap)
+    sized = [at_size(r, size) for r in records]
+    tables, per_condition = compute_metrics(config.task, sized, real, candidates, nets, config.seed, config.bootstrap)
 
     report = {
         "task": config.task,

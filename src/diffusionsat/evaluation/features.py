@@ -36,7 +36,7 @@ def domain_outputs(encoder: DomainEncoder, images: torch.Tensor, desc: str = "do
     parts: dict[str, list[torch.Tensor]] = {"embedding": [], "scene": [], "gsd": [], "season": []}
     for start in tqdm(range(0, len(images), BATCH), desc=desc, leave=False, disable=len(images) <= BATCH):
         out = encoder(images[start:start + BATCH].to(device))
-        parts["embedding"].append(out["embedding"].cpu())
+        parts["embedding"].append((out["embedding"] / float(encoder.config.feature_scale)).cpu())
         parts["scene"].append(out["scene_logits"].softmax(-1).cpu())
         parts["gsd"].append(out["log2_gsd"].cpu())
         parts["season"].append(out["season_logits"].argmax(-1).cpu())

@@ -42,7 +42,7 @@ def fid_value(real: np.ndarray, fake: np.ndarray) -> float:
     return float(metric.compute())
 
 
-def fid(real: np.ndarray, fake: np.ndarray, seed: int = 0, resamples: int = 50) -> Estimate:
+def fid(real: np.ndarray, fake: np.ndarray, seed: int = 0, resamples: int = 20) -> Estimate:
     """FID with a bootstrap interval; needs ≥ 2 samples per set (more than the feature dim for a full-rank covariance)."""
     n = min(len(real), len(fake))
     if n < 2:
@@ -51,7 +51,7 @@ def fid(real: np.ndarray, fake: np.ndarray, seed: int = 0, resamples: int = 50) 
     note = None
     if n <= real.shape[1]:
         note = f"{n} samples ≤ {real.shape[1]} feature dims: covariance is rank-deficient, FID is biased upwards"
-    return Estimate(value, n, low, high, std, method=f"torchmetrics FID; bootstrap 95% CI ({resamples} resamples)", note=note)
+    return Estimate(value, n, low, high, std, method=f"torchmetrics FID; bootstrap 95% CI ({resamples} resamples)" if low is not None else "torchmetrics FID (no bootstrap)", note=note)
 
 
 def kid(real: np.ndarray, fake: np.ndarray, subsets: int = 50, subset_size: int = 1000, seed: int = 0) -> Estimate:
@@ -59,7 +59,8 @@ def kid(real: np.ndarray, fake: np.ndarray, subsets: int = 50, subset_size: int 
     n = min(len(real), len(fake))
     if n < 2:
         return Estimate.missing("KID needs at least 2 images in each set", n=n)
-    size = min(subset_size, n)
+    # Subsets must be smaller than the sets, or every subset is the same and the spread is zero.
+    size = subset_size if n > subset_size else max(2, n // 2)
     torch.manual_seed(seed)
     metric = KernelInceptionDistance(feature=PrecomputedFeatures(real.shape[1]), subsets=subsets, subset_size=size)
     metric.update(torch.from_numpy(np.ascontiguousarray(real)).double(), real=True)
@@ -96,20 +97,26 @@ def psnr_per_image(pred: torch.Tensor, target: torch.Tensor) -> np.ndarray:
     return values.numpy()
 
 
-def ssim_kernel(height: int, width: int) -> int:
-    """The standard 11 px Gaussian window, shrunk (odd) for images smaller than 11 px."""
-    side = min(11, height, width)
-    return side if side % 2 else side - 1
+SSIM_SIGMA = 1.5
+#: Gaussian window side used by torchmetrics for σ = 1.5 (3.5 σ truncation): 11 px.
+SSIM_WINDOW = int(3.5 * SSIM_SIGMA + 0.5) * 2 + 1
 
 
 def ssim_per_image(pred: torch.Tensor, target: torch.Tensor) -> np.ndarray:
-    """SSIM (Gaussian window σ = 1.5, data range 1) of each pair, averaged over channels."""
+    """SSIM (Gaussian window σ = 1.5, data range 1) of each pair, averaged over channels.
+
+    Averaged over the *valid* region, where the 11 px window lies inside the image, as in Wang et
+    al.'s reference code and scikit-image; torchmetrics' scalar would also average the
+    reflect-padded border, so its SSIM map is cropped here.
+    """
     _check_pairs(pred, target)
-    kernel = ssim_kernel(*pred.shape[-2:])
-    values = structural_similarity_index_measure(
-        pred.double(), target.double(), data_range=1.0, kernel_size=kernel, reduction="none"
+    if min(pred.shape[-2:]) <= SSIM_WINDOW:
+        raise ValueError(f"SSIM needs images larger than {SSIM_WINDOW} px, got {tuple(pred.shape[-2:])}")
+    _, full = structural_similarity_index_measure(
+        pred.double(), target.double(), data_range=1.0, sigma=SSIM_SIGMA, reduction="none", return_full_image=True
     )
-    return values.numpy()
+    pad = (SSIM_WINDOW - 1) // 2
+    return full[..., pad:-pad, pad:-pad].mean(dim=(1, 2, 3)).numpy()
 
 
 def summarize_psnr(values: np.ndarray, seed: int = 0) -> Estimate:
@@ -125,3 +132,30 @@ def summarize_psnr(values: np.ndarray, seed: int = 0) -> Estimate:
 
 def batched(tensor: torch.Tensor, size: int = 64) -> Sequence[torch.Tensor]:
     return [tensor[i:i + size] for i in range(0, len(tensor), size)]
+
+
+def _embeds(output) -> torch.Tensor:
+    """transformers ≥ 5 returns a ModelOutput from ``get_*_features``; older versions a tensor."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+@torch.no_grad()
+def clip_score_per_image(model, processor, images: torch.Tensor, captions: Sequence[str], batch: int = 32) -> np.ndarray:
+    """CLIP score of each (image, caption): 100 · max(cos(E_image, E_text), 0), as in torchmetrics.
+
+    Computed here with the same formula because torchmetrics 1.9's ``CLIPScore`` expects tensors
+    from ``get_image_features``, which transformers 5 no longer returns.
+    """
+    if len(images) != len(captions):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions")
+    scores = []
+    for start in range(0, len(images), batch):
+        chunk = images[start:start + batch]
+        pixels = [(img.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8) for img in chunk]
+        image_in = processor(images=pixels, return_tensors="pt")
+        text_in = processor(text=list(captions[start:start + batch]), return_tensors="pt", padding=True, truncation=True)
+        img = _embeds(model.get_image_features(pixel_values=image_in["pixel_values"]))
+        txt = _embeds(model.get_text_features(input_ids=text_in["input_ids"], attention_mask=text_in["attention_mask"]))
+        cos = torch.nn.functional.cosine_similarity(img, txt, dim=-1)
+        scores.append((100.0 * cos.clamp_min(0)).double())
+    return torch.cat(scores).numpy()

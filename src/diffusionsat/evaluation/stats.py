@@ -70,14 +70,16 @@ def bootstrap_set_metric(
     real: np.ndarray,
     fake: np.ndarray,
     seed: int = 0,
-    resamples: int = 50,
-) -> tuple[float, float, float, float]:
+    resamples: int = 20,
+) -> tuple[float, float | None, float | None, float | None]:
     """(value, low, high, std) of a two-set statistic (e.g. FID), resampling both sets with replacement.
 
     The bootstrap distribution of FID is biased upwards (duplicates shrink the covariance), so the
     interval shows the sampling spread, not an unbiased bound; reports say so.
     """
     value = statistic(real, fake)
+    if resamples < 2:
+        return value, None, None, None
     rng = np.random.default_rng(seed)
     samples = [
         statistic(real[rng.integers(0, len(real), len(real))], fake[rng.integers(0, len(fake), len(fake))])

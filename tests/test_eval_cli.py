@@ -1,0 +1,146 @@
+"""``diffusionsat evaluate`` end to end with the tiny model and real held-out chips."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from diffusionsat.cli.main import main
+from diffusionsat.evaluation.chips import export_eval_set
+from diffusionsat.evaluation.dataset import load_records
+
+SCENES = ("naip-prairie", "landsat-river")
+
+
+@pytest.fixture(scope="module")
+def heldout(shared_data, tmp_path_factory):
+    """16 real held-out chips (9 NAIP dates + 7 Landsat years, one each) with sidecars."""
+    folder = tmp_path_factory.mktemp("heldout")
+    export_eval_set(shared_data, folder, per_source=1, size=64, scenes=SCENES, seed=3)
+    return folder
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Fail loudly if anything tries to open a network connection (no downloads, ever)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def _report(folder):
+    report = json.loads((folder / "report.json").read_text())
+    assert (folder / "report.md").read_text().startswith("# diffusionsat evaluation")
+    return report
+
+
+@pytest.mark.shared_data
+def test_evaluate_generate_end_to_end(tiny_model_dir, heldout, tmp_path, capsys, no_network):
+    out = tmp_path / "eval"
+    code = main(["evaluate", "--task", "generate", "--model", str(tiny_model_dir), "--data", str(heldout),
+                 "--out", str(out), "--steps", "1", "--num-samples", "8", "--bootstrap", "3"])
+    assert code == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "inception not available" in err and "nothing is downloaded" in err
+    report = _report(out)
+    assert report["task"] == "generate" and report["num_records"] == 8 and report["image_size"] == [16, 16]
+    assert [r["name"] for r in report["rows"]] == ["model", "real-vs-real", "blur+noise"]
+    for metric in ("domain_fid", "domain_kid", "classification_score", "gsd_error", "season_accuracy"):
+        rows = report["metrics"][metric]["rows"]
+        assert set(rows) == {"model", "real-vs-real", "blur+noise"}
+        assert all(isinstance(r["value"], float) and r["n"] >= 3 for r in rows.values()), metric
+    # Without weights: FID/IS/CLIP are reported as missing with the reason, not silently dropped.
+    assert report["metrics"]["fid"]["rows"]["model"]["value"] is None
+    assert "--inception" in report["metrics"]["fid"]["rows"]["model"]["note"]
+    assert report["metrics"]["clip_score"]["rows"]["model"]["value"] is None
+    assert report["networks"]["domain_encoder"]["available"] is True
+    # An untrained model is recognised as the requested scene less often than the real images.
+    cls = report["metrics"]["classification_score"]["rows"]
+    assert cls["real-vs-real"]["value"] > cls["model"]["value"]
+    assert set(report["per_condition"]) <= set(SCENES) and report["per_condition"]
+    for grid in report["grids"]:
+        with PIL.Image.open(out / grid) as img:
+            assert img.size[1] > 96  # real row + model row
+    generated = sorted((out / "generated-model").glob("*.png"))
+    assert len(generated) == 8
+    sidecar = json.loads(generated[0].with_suffix(".json").read_text())
+    assert sidecar["scene"] in SCENES and sidecar["width"] == 16
+    # The GSD asked of a 16 px image covers the same ground as the 64 px real chip.
+    real = {r.key: r for r in load_records(heldout)}[generated[0].stem]
+    if "gsd" in sidecar["metadata"]:
+        assert sidecar["metadata"]["gsd"] == pytest.approx(real.metadata.gsd * 4)
+
+    # Re-evaluate the saved images side by side with a second set (--generated + --compare).
+    again = tmp_path / "again"
+    code = main(["evaluate", "--task", "generate", "--generated", str(out / "generated-model"), "--compare",
+                 str(out / "generated-model"), "--data", str(heldout), "--out", str(again), "--bootstrap", "0"])
+    assert code == 0
+    rows = _report(again)["metrics"]["domain_fid"]["rows"]
+    assert rows["model"]["value"] == pytest.approx(rows["compare"]["value"])
+    assert rows["model"]["value"] == pytest.approx(report["metrics"]["domain_fid"]["rows"]["model"]["value"], rel=1e-6)
+    assert "compare" in (again / "report.md").read_text()
+
+
+@pytest.mark.shared_data
+def test_evaluate_superres_with_generated_images(heldout, tmp_path):
+    """Generated = the references themselves: PSNR +inf, SSIM 1, domain LPIPS 0; baselines worse."""
+    gen = tmp_path / "sr"
+    gen.mkdir()
+    for png in heldout.glob("*.png"):
+        (gen / png.name).write_bytes(png.read_bytes())
+    out = tmp_path / "eval-sr"
+    assert main(["evaluate", "--task", "superres", "--generated", str(gen), "--data", str(heldout),
+                 "--out", str(out), "--bootstrap", "0"]) == 0
+    metrics = _report(out)["metrics"]
+    assert metrics["ssim"]["rows"]["model"]["value"] == pytest.approx(1.0)
+    assert metrics["domain_lpips"]["rows"]["model"]["value"] == pytest.approx(0.0, abs=1e-9)
+    assert metrics["psnr"]["rows"]["model"]["value"] is None or np.isinf(metrics["psnr"]["rows"]["model"]["value"])
+    for baseline in ("bicubic", "blur+noise", "real-vs-real"):
+        assert metrics["ssim"]["rows"][baseline]["value"] < 0.99
+        assert metrics["domain_lpips"]["rows"][baseline]["value"] > 0
+    assert metrics["psnr"]["rows"]["bicubic"]["value"] > metrics["psnr"]["rows"]["real-vs-real"]["value"]
+    assert metrics["lpips"]["rows"]["model"]["value"] is None  # no backbone given: reported, not guessed
+
+
+@pytest.mark.shared_data
+def test_evaluate_bad_inputs_exit_2(tiny_model_dir, heldout, tmp_path, capsys):
+    out = tmp_path / "eval"
+    args = ["evaluate", "--task", "generate", "--data", str(heldout), "--out", str(out)]
+    assert main(args) == 2
+    assert "--model" in capsys.readouterr().err
+    assert main(args + ["--model", str(tiny_model_dir), "--inception", str(tmp_path / "nope.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.pt" in err and "nothing is downloaded" in err
+    assert main(["evaluate", "--task", "superres", "--model", str(tiny_model_dir), "--data", str(heldout),
+                 "--out", str(out)]) == 2
+    assert "--generated" in capsys.readouterr().err
+    assert main(["evaluate", "--task", "generate", "--data", str(tmp_path / "missing"), "--out", str(out),
+                 "--model", str(tiny_model_dir)]) == 2
+    (out).mkdir()
+    (out / "report.json").write_text("{}")
+    assert main(args + ["--model", str(tiny_model_dir)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_manifest_and_sidecar_errors_name_the_record(tmp_path):
+    img = tmp_path / "a.png"
+    PIL.Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(img)
+    PIL.Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "b.png")
+    (tmp_path / "m.jsonl").write_text(
+        json.dumps({"path": "a.png", "caption": "x", "lat": 10, "date": "2020-06-01", "scene": "naip-prairie"}) + "\n"
+        + json.dumps({"path": "b.png", "gsd": "5"}) + "\n")
+    records = load_records(tmp_path / "m.jsonl")
+    assert records[0].metadata.month == 6 and records[0].scene == "naip-prairie" and records[1].metadata.gsd == 5.0
+    (tmp_path / "m.csv").write_text("path,caption,lat\na.png,x,95\n")
+    with pytest.raises(ValueError, match=r"record 'a'.*lat"):
+        load_records(tmp_path / "m.csv")
+    (tmp_path / "a.json").write_text("{not json")
+    with pytest.raises(ValueError, match="a.json"):
+        load_records(tmp_path)
