@@ -46,7 +46,7 @@ def test_sentinel2_20m_band_files_are_resampled_to_10m_grid(shared_data, tmp_pat
         folder.mkdir()
         with rasterio.open(folder / "T33TVM_B02_10m.tif", "w", **profile) as dst:
             dst.write(b02, 1)
-        p20 = profile | {"width": 50, "height": 50, "transform": src.transform * rasterio.Affine.scale(2)}
+        p20 = profile | {"width": 50, "height": 50, "transform": src.transform @ rasterio.Affine.scale(2)}
         with rasterio.open(folder / "T33TVM_B05_20m.tif", "w", **p20) as dst:
             dst.write(b05_20m, 1)
     scene = Sentinel2Scene(folder)

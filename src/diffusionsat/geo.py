@@ -182,7 +182,7 @@ def gsd_metres(crs: Any, transform: Affine, lon: float | None = None, lat: float
 
 def window_transform(transform: Affine, col_off: float, row_off: float) -> Affine:
     """Transform of a window starting at (col_off, row_off) of a raster with ``transform``."""
-    return transform * Affine.translation(col_off, row_off)
+    return transform @ Affine.translation(col_off, row_off)
 
 
 def scaled_transform(transform: Affine, from_size: tuple[int, int], to_size: tuple[int, int]) -> Affine:
@@ -190,7 +190,7 @@ def scaled_transform(transform: Affine, from_size: tuple[int, int], to_size: tup
 
     Used for super-resolved or resized outputs: the bounds stay, the pixels shrink or grow.
     """
-    return transform * Affine.scale(from_size[0] / to_size[0], from_size[1] / to_size[1])
+    return transform @ Affine.scale(from_size[0] / to_size[0], from_size[1] / to_size[1])
 
 
 def transform_bounds_of(transform: Affine, width: int, height: int) -> tuple[float, float, float, float]:

@@ -36,7 +36,17 @@ from .captions import (
 from .dates import Acquisition, acquisition_from_mtl, date_for_file, date_from_pattern, landsat_id_date
 from .errors import DataError, Skipped
 from .fmow import FMoWDataset, parse_fmow_json
-from .geotiff import Chip, GeoTiffChips, RasterInfo, chip_windows, iter_chips, open_raster, read_chip
+from .geotiff import (
+    BandStack,
+    Chip,
+    GeoTiffChips,
+    RasterInfo,
+    check_pixels,
+    chip_windows,
+    iter_chips,
+    open_raster,
+    read_chip,
+)
 from .manifest import ManifestDataset, read_manifest, write_manifest
 from .prepare import PrepareConfig, prepare_data
 from .sentinel2 import BANDS as SENTINEL2_BANDS
@@ -57,7 +67,7 @@ __all__ = [
     "AUTO_TEMPLATE", "FMOW_TEMPLATE", "CaptionTemplate", "build_caption", "country_at", "land_cover_words", "season",
     "Acquisition", "acquisition_from_mtl", "date_for_file", "date_from_pattern", "landsat_id_date",
     "DataError", "Skipped", "FMoWDataset", "parse_fmow_json",
-    "Chip", "GeoTiffChips", "RasterInfo", "chip_windows", "iter_chips", "open_raster", "read_chip",
+    "BandStack", "Chip", "GeoTiffChips", "RasterInfo", "check_pixels", "chip_windows", "iter_chips", "open_raster", "read_chip",
     "ManifestDataset", "read_manifest", "write_manifest", "PrepareConfig", "prepare_data",
     "SENTINEL2_BANDS", "Sentinel2Chips", "Sentinel2Scene", "to_reflectance",
     "ShardDataset", "ShardWriter", "decode_sample", "write_chips",
