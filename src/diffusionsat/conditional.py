@@ -342,22 +342,33 @@ def predict_temporal(
 
 
 def mask_from_raster(path: str | os.PathLike, image: RasterInput, window: Window | None = None) -> np.ndarray:
-    """A (H, W) bool fill-mask (non-zero = fill) from a 1-band raster on the image's grid.
+    """A (H, W) bool fill-mask (non-zero = fill) from a 1-band raster over the image.
 
-    A mask without georeference is accepted when it has the image's pixel size (pixel-aligned).
+    A georeferenced mask is read over the image's footprint (it may cover the whole scene or just
+    the image window) and must share its CRS and pixel grid. A mask without georeference must have
+    the image's pixel size and takes the same ``window``.
     """
     info = open_raster(path, bands=[1], require_georeference=False)
-    if window is None and (info.width, info.height) != (image.width, image.height):
-        raise ValueError(
-            f"mask {info.path.name} is {info.width}x{info.height} px but the image is {image.width}x{image.height} px"
-        )
-    raw, _ = read_pixels(info, window)
     if info.georeferenced and image.georeferenced:
-        col, row, _, _ = window or (0, 0, info.width, info.height)
-        placed = RasterInput(path=info.path, pixels=raw, valid=raw[0] == raw[0], crs=as_crs(info.crs_wkt),
-                             transform=window_transform(info.transform, col, row), metadata=SatMetadata(), band_names=[])
-        if not same_grid(image, placed):
-            raise ValueError(f"mask {info.path.name} is not on the grid of {image.path.name} (different CRS or footprint)")
+        if as_crs(info.crs_wkt) != as_crs(image.crs):
+            raise ValueError(f"mask {info.path.name} is in {crs_label(info.crs_wkt)}, the image in {crs_label(image.crs)}")
+        col, row = ~info.transform * (image.transform.c, image.transform.f)
+        aligned = abs(col - round(col)) < 1e-3 and abs(row - round(row)) < 1e-3
+        same_res = np.allclose(tuple(info.transform)[:6:4] + (info.transform.b, info.transform.d),
+                               tuple(image.transform)[:6:4] + (image.transform.b, image.transform.d), rtol=1e-6)
+        if not (aligned and same_res):
+            raise ValueError(f"mask {info.path.name} is not on the pixel grid of {image.path.name} (resolution or alignment differ)")
+        mask_window = (round(col), round(row), image.width, image.height)
+        if mask_window[0] < 0 or mask_window[1] < 0 or mask_window[0] + image.width > info.width \
+                or mask_window[1] + image.height > info.height:
+            raise ValueError(f"mask {info.path.name} does not cover the whole image {image.path.name}")
+    else:
+        if window is None and (info.width, info.height) != (image.width, image.height):
+            raise ValueError(
+                f"mask {info.path.name} is {info.width}x{info.height} px but the image is {image.width}x{image.height} px"
+            )
+        mask_window = window
+    raw, _ = read_pixels(info, mask_window)
     return raw[0] != 0
 
 
@@ -365,10 +376,10 @@ def mask_from_geojson(path: str | os.PathLike, image: RasterInput) -> np.ndarray
     """Rasterise GeoJSON features (EPSG:4326 unless the file names a CRS) onto the image's grid."""
     import json
 
+    import shapely
     from pyproj import Transformer
     from rasterio.features import rasterize
     from shapely.geometry import shape
-    from shapely.ops import transform as shapely_transform
 
     if not image.georeferenced:
         raise ValueError(f"{image.path.name} has no georeference; a GeoJSON mask cannot be placed on it")
@@ -383,8 +394,12 @@ def mask_from_geojson(path: str | os.PathLike, image: RasterInput) -> np.ndarray
     if not geoms:
         raise ValueError(f"{path}: no features with a geometry")
     src_crs = ((data.get("crs") or {}).get("properties") or {}).get("name", "EPSG:4326")
-    project = Transformer.from_crs(src_crs, image.crs, always_xy=True).transform
-    shapes = [(shapely_transform(project, g), 1) for g in geoms]
+    transformer = Transformer.from_crs(src_crs, image.crs, always_xy=True)
+
+    def project(xy: np.ndarray) -> np.ndarray:
+        return np.column_stack(transformer.transform(xy[:, 0], xy[:, 1]))
+
+    shapes = [(shapely.transform(g, project), 1) for g in geoms]
     mask = rasterize(shapes, out_shape=(image.height, image.width), transform=image.transform, fill=0, dtype="uint8")
     if not mask.any():
         raise ValueError(f"{Path(path).name}: no feature overlaps {image.path.name}")

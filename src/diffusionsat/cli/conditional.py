@@ -52,9 +52,14 @@ def _check_sampling(steps: int, guidance: float, scheduler: str | None, tile: in
 
 
 def _load(model, controlnet, device, scheduler):
+    import diffusers
+    import transformers
+
     from ..pipelines.pipeline_controlnet import load_controlnet_pipeline
 
     location = resolve_model(model)
+    diffusers.utils.logging.disable_progress_bar()  # loading bars; the denoising bar stays
+    transformers.utils.logging.disable_progress_bar()
     pipe = load_controlnet_pipeline(location, controlnet=controlnet, device=device)
     if scheduler is not None:
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler)

@@ -268,7 +268,7 @@ class DiffusionSatControlNetPipeline(DiffusionSatPipeline):
     def __call__(
         self,
         prompt: str | list[str],
-        control_image: Any,
+        control_image: Any = None,
         metadata: MetadataInput = None,
         cond_metadata: Any = None,
         height: int | None = None,
