@@ -267,3 +267,25 @@ def test_convert_original_checkpoint(tiny_pipeline, tmp_path):
     save_file(state, str(tmp_path / "3d" / "diffusion_pytorch_model.safetensors"))
     with pytest.raises(ValueError, match="does not match"):
         convert_controlnet(tmp_path / "3d")
+
+
+def test_new_task_controlnets_and_per_task_subfolders(tiny_pipeline, tmp_path):
+    from diffusionsat.pipelines.pipeline_controlnet import new_task_controlnet
+
+    unet = tiny_pipeline.unet
+    sr = new_task_controlnet(unet, "superres", conditioning_channels=10)
+    assert isinstance(sr, SatControlNet) and sr.config.conditioning_downsample_factor == 1
+    temporal = new_task_controlnet(unet, "temporal", max_frames=5)
+    assert isinstance(temporal, SatControlNet3D) and temporal.config.max_frames == 5
+    assert new_task_controlnet(unet, "inpaint").config.conditioning_channels == 4
+    assert new_task_controlnet(unet, "control", vae_scale_factor=1).config.conditioning_channels == 3
+    with pytest.raises(ValueError, match="conditioning_channels"):
+        new_task_controlnet(unet, "superres")
+    with pytest.raises(ValueError, match="choose one of"):
+        new_task_controlnet(unet, "segment")
+    # one model folder serving two tasks: controlnet_<task>/ is preferred over controlnet/
+    tiny_pipeline.save_pretrained(tmp_path / "multi")
+    temporal.save_pretrained(tmp_path / "multi" / "controlnet_temporal")
+    sr.save_pretrained(tmp_path / "multi" / "controlnet")
+    assert isinstance(load_controlnet_pipeline(tmp_path / "multi", task="temporal").controlnet, SatControlNet3D)
+    assert isinstance(load_controlnet_pipeline(tmp_path / "multi", task="superres").controlnet, SatControlNet)

@@ -2,7 +2,7 @@
 
 Each reads georeferenced rasters, calls one function of :mod:`diffusionsat.conditional`, and writes
 PNG + GeoTIFF (on the input's footprint) + JSON sidecar. A task model is the base model folder plus
-a ``controlnet/`` subfolder (``--model``), or a separate ``--controlnet`` folder.
+a ``controlnet/`` (or ``controlnet_<task>/``) subfolder (``--model``), or a separate ``--controlnet`` folder.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _check_sampling(steps: int, guidance: float, scheduler: str | None, tile: in
         raise InputError(f"--overlap={overlap}: must be >= 0 and smaller than the tile")
 
 
-def _load(model, controlnet, device, scheduler):
+def _load(model, controlnet, device, scheduler, task):
     import diffusers
     import transformers
 
@@ -60,7 +60,7 @@ def _load(model, controlnet, device, scheduler):
     location = resolve_model(model)
     diffusers.utils.logging.disable_progress_bar()  # loading bars; the denoising bar stays
     transformers.utils.logging.disable_progress_bar()
-    pipe = load_controlnet_pipeline(location, controlnet=controlnet, device=device)
+    pipe = load_controlnet_pipeline(location, controlnet=controlnet, device=device, task=task)
     if scheduler is not None:
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler)
     return pipe, location
@@ -120,7 +120,7 @@ def superres(inputs, scale, reproject, prompt, controlnet, bands, window, tile, 
         raise InputError(f"--scale={scale}: out of range; allowed [1, 16]")
     _check_sampling(steps, guidance, scheduler, tile, overlap)
     overrides = _overrides(lat, lon, gsd, cloud_cover, cloud_percent, date)
-    pipe, location = _load(model, controlnet, device, scheduler)
+    pipe, location = _load(model, controlnet, device, scheduler, "superres")
     chosen = bands or (",".join(tasks.controlnet_bands(pipe)) if tasks.controlnet_bands(pipe) else None)
     parsed = tasks.parse_window(window)
     rasters = [tasks.read_input(p, bands=chosen, window=parsed) for p in inputs]
@@ -173,7 +173,7 @@ def temporal(frames, target_date, frame_dates, date_pattern, reproject, prompt, 
     undated = [r.path.name for r in rasters if r.metadata.year is None]
     if undated:
         raise InputError(f"no date known for {undated[0]}; give --frame-dates or --date-pattern")
-    pipe, location = _load(model, controlnet, device, scheduler)
+    pipe, location = _load(model, controlnet, device, scheduler, "temporal")
     result = tasks.predict_temporal(pipe, rasters, target_date=target_date, prompt=prompt, metadata=overrides,
                                     seed=_seed(seed), reproject=reproject,
                                     **_sampling_kwargs(steps, guidance, metadata_guidance, tile, overlap))
@@ -210,7 +210,7 @@ def inpaint(image, mask_path, geojson, prompt, controlnet, bands, window, tile, 
         fill = tasks.mask_from_raster(mask_path, raster, window=parsed)
     else:
         fill = tasks.mask_from_geojson(geojson, raster)
-    pipe, location = _load(model, controlnet, device, scheduler)
+    pipe, location = _load(model, controlnet, device, scheduler, "inpaint")
     result = tasks.inpaint_raster(pipe, raster, fill, prompt=prompt, metadata=overrides, seed=_seed(seed),
                                   **_sampling_kwargs(steps, guidance, metadata_guidance, tile, overlap))
     _write(result, out, Path(image).stem, "inpaint", prompt, steps, guidance, pipe, location, overwrite)
@@ -237,7 +237,7 @@ def _controlled_generate(original, control, controlnet, **kwargs):
     paths = output_paths(kwargs["out"] or f"{Path(image).stem}_{kind}.png", num_images,
                          geotiff=raster.georeferenced or kwargs["geotiff"])
     check_outputs(paths, kwargs["overwrite"])
-    pipe, location = _load(kwargs["model"], controlnet, kwargs["device"], scheduler)
+    pipe, location = _load(kwargs["model"], controlnet, kwargs["device"], scheduler, "control")
     seed = _seed(kwargs["seed"])
     for i, path in enumerate(paths):
         result = tasks.controlled_generation(

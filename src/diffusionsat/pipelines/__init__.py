@@ -4,6 +4,7 @@ from .pipeline_controlnet import (
     DiffusionSatControlNetPipeline,
     controlnet_noise_pred,
     load_controlnet_pipeline,
+    new_task_controlnet,
 )
 from .pipeline_diffusionsat import DiffusionSatPipeline, DiffusionSatPipelineOutput
 
@@ -13,4 +14,5 @@ __all__ = [
     "DiffusionSatControlNetPipeline",
     "controlnet_noise_pred",
     "load_controlnet_pipeline",
+    "new_task_controlnet",
 ]

@@ -469,15 +469,27 @@ def controlnet_class(folder: str | os.PathLike) -> type[SatControlNet] | type[Sa
     return classes[name]
 
 
+def find_controlnet_folder(model: str | os.PathLike, task: str | None = None) -> Path:
+    """``model/controlnet_<task>/`` when it exists (one folder serving several tasks), else ``model/controlnet/``."""
+    folder = Path(model)
+    if task is not None and (folder / f"{CONTROLNET_SUBFOLDER}_{task}" / "config.json").is_file():
+        return folder / f"{CONTROLNET_SUBFOLDER}_{task}"
+    return folder / CONTROLNET_SUBFOLDER
+
+
 def load_controlnet_pipeline(
     model: str | os.PathLike,
     controlnet: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
+    task: str | None = None,
 ) -> DiffusionSatControlNetPipeline:
-    """Load a task model: the base pipeline folder ``model`` plus ``model/controlnet`` (or ``controlnet``)."""
+    """Load a task model: the base pipeline folder ``model`` plus its ControlNet.
+
+    The ControlNet is ``controlnet`` if given, else ``model/controlnet_<task>/``, else ``model/controlnet/``.
+    """
     folder = Path(model)
-    cn_folder = Path(controlnet) if controlnet is not None else folder / CONTROLNET_SUBFOLDER
+    cn_folder = Path(controlnet) if controlnet is not None else find_controlnet_folder(folder, task)
     if not (cn_folder / "config.json").is_file():
         raise FileNotFoundError(
             f"no ControlNet in {str(cn_folder)!r}: a task model is the base model folder plus a 'controlnet/' "
@@ -485,7 +497,8 @@ def load_controlnet_pipeline(
         )
     kwargs = {"torch_dtype": dtype} if dtype is not None else {}
     index = folder / "model_index.json"
-    if controlnet is None and index.is_file() and "controlnet" in json.loads(index.read_text(encoding="utf-8")):
+    own = cn_folder == folder / CONTROLNET_SUBFOLDER
+    if own and index.is_file() and "controlnet" in json.loads(index.read_text(encoding="utf-8")):
         return DiffusionSatControlNetPipeline.from_pretrained(str(folder), **kwargs).to(device)
     base = DiffusionSatPipeline.from_pretrained(str(folder), **kwargs)
     net = controlnet_class(cn_folder).from_pretrained(str(cn_folder), **kwargs)
@@ -493,3 +506,36 @@ def load_controlnet_pipeline(
     pipe = DiffusionSatControlNetPipeline(**components, controlnet=net)
     return pipe.to(device)
 
+
+TASKS = ("superres", "temporal", "inpaint", "control")
+
+
+def new_task_controlnet(
+    unet: SatUNet,
+    task: str,
+    conditioning_channels: int | None = None,
+    vae_scale_factor: int = 1,
+    max_frames: int = 3,
+    conditioning_bands: list[str] | None = None,
+) -> SatControlNet | SatControlNet3D:
+    """A fresh ControlNet for ``task``, initialised from ``unet`` (what ``train --task`` starts from).
+
+    * ``superres``: 2D, conditions at the sample's (latent) size — the low-res bands are resized to it;
+      ``conditioning_channels`` = the band count (10 Sentinel-2 bands in the original);
+    * ``temporal``: 3D over up to ``max_frames`` frames of ``conditioning_channels`` (default 3) bands;
+    * ``inpaint``: 2D, the image with the hole blanked + the mask: ``out_channels + 1`` bands;
+    * ``control``: 2D, a road/mask/edge map (default 3 channels, 1-band maps are repeated).
+    """
+    if task not in TASKS:
+        raise ValueError(f"task={task!r}: choose one of {', '.join(TASKS)}")
+    if task == "superres":
+        if conditioning_channels is None:
+            raise ValueError("superres needs conditioning_channels (the number of low-res bands)")
+        return SatControlNet.from_unet(unet, conditioning_channels=conditioning_channels,
+                                       conditioning_downsample_factor=1, conditioning_bands=conditioning_bands)
+    if task == "temporal":
+        return SatControlNet3D.from_unet(unet, conditioning_channels=conditioning_channels or 3, max_frames=max_frames,
+                                         conditioning_downsample_factor=vae_scale_factor)
+    default = unet.config.out_channels + 1 if task == "inpaint" else 3
+    return SatControlNet.from_unet(unet, conditioning_channels=conditioning_channels or default,
+                                   conditioning_downsample_factor=vae_scale_factor, conditioning_bands=conditioning_bands)
