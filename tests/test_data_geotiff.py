@@ -151,3 +151,26 @@ def test_sentinel2_bands_use_a_fixed_reflectance_scale(shared_data):
     assert info.pixel_range == ([0.0] * 4, [0.3] * 4)
     chip = read_chip(info, (0, 0, 64, 64))
     assert "Sentinel-2" in chip.caption and "vegetation" in chip.caption
+
+
+def test_landsat_fill_zero_is_nodata_and_user_nodata(shared_data):
+    path = shared_data / "planetscope-like/LC08_L1TP_224077_20200518_20200518_01_RT_B2_60m.TIF"
+    import rasterio
+
+    with rasterio.open(path) as src:
+        assert src.nodata is None
+        zeros = float((src.read(1) == 0).mean())
+    info = open_raster(path)
+    assert info.nodata == 0.0 and info.pixel_range[0][0] > 0  # the black border does not set the scale
+    assert zeros > 0.02  # without the fill value, the 2nd percentile would be 0
+    from diffusionsat.data.geotiff import find_rasters
+
+    scene = open_raster(find_rasters([shared_data / "landsat8-bands"], stack_bands=True)[0])
+    skipped: list[str] = []
+    kept = list(iter_chips(scene, 128, skipped=skipped))
+    assert scene.nodata == 0.0 and len(skipped) > 20  # the rotated scene's black corners
+    assert all(c.valid.mean() >= 0.5 for c in kept)
+    # A user value for a file without one: rgbn.tif has no nodata; 0 never occurs in it → all valid.
+    rgbn = open_raster(shared_data / "planetscope-like/rgbn.tif", nodata=0)
+    assert rgbn.nodata == 0.0 and read_chip(rgbn, (0, 0, 64, 64)).valid.all()
+    assert open_raster(shared_data / "planetscope-like/rgbn.tif").nodata is None

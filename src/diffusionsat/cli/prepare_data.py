@@ -17,6 +17,7 @@ from .main import InputError, cli
 @click.option("--date-pattern", help="File-name pattern for dates, e.g. '*_{YYYYMMDD}.tif' or '{YYYY}.tif'.")
 @click.option("--bands", help="Bands to keep: 1-based indices '1,2,3' or names 'B04,B03,B02'.")
 @click.option("--band-names", help="Names of the kept bands where the file has none, e.g. 'red,green,blue,nir'.")
+@click.option("--nodata", type=float, help="Nodata value for files that declare none (Landsat IDs default to 0).")
 @click.option("--resize", type=int, help="Resample chips to this size (GSD scales accordingly).")
 @click.option("--stride", type=int, help="Step between chips in pixels (default: chip size, no overlap).")
 @click.option("--max-nodata", type=float, default=0.5, show_default=True, help="Skip chips with more nodata than this fraction.")
@@ -33,7 +34,7 @@ from .main import InputError, cli
               "stacking the bands of one scene.")
 @click.option("--overwrite", is_flag=True, help="Replace an output folder prepared with other settings.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def prepare_data_command(inputs, out, chip_size, task, date_pattern, bands, band_names, resize, stride, max_nodata,
+def prepare_data_command(inputs, out, chip_size, task, date_pattern, bands, band_names, nodata, resize, stride, max_nodata,
                          shard_size, sensor, countries, num_frames, lowres, sr_factor, mask_vector, mask_boxes, seed,
                          no_stack_bands, overwrite, no_progress) -> None:
     """Cut scenes, folders, manifests or fMoW trees into WebDataset shards.
@@ -52,7 +53,7 @@ def prepare_data_command(inputs, out, chip_size, task, date_pattern, bands, band
 
     cfg = PrepareConfig(
         inputs=list(inputs), chip_size=chip_size, task=task, stride=stride, resize=resize, bands=bands,
-        band_names=band_names, date_pattern=date_pattern, max_nodata=max_nodata, shard_size=shard_size,
+        band_names=band_names, nodata=nodata, date_pattern=date_pattern, max_nodata=max_nodata, shard_size=shard_size,
         sensor=sensor, countries=countries, num_frames=num_frames, sr_factor=sr_factor, lowres=lowres,
         mask_vector=mask_vector, mask_boxes=mask_boxes, seed=seed, stack_bands=not no_stack_bands,
     )

@@ -67,18 +67,19 @@ class BandStack:
     def __str__(self) -> str:
         return f"{self.name}_{{{','.join(self.bands)}}}{self.files[0].suffix}"
 
-    def vrt_xml(self) -> str:
-        """The VRT (XML text, which rasterio opens directly); all files must share one grid."""
+    def vrt_xml(self, nodata: float | None = None) -> str:
+        """The VRT (XML text, which rasterio opens directly); all files must share one grid.
+        ``nodata`` overrides the files' own nodata value."""
         import rasterio
         from rasterio.errors import RasterioError
 
         grid = None
-        parts = []
-        for i, (path, band) in enumerate(zip(self.files, self.bands), start=1):
+        sources = []
+        for path, band in zip(self.files, self.bands):
             try:
                 with rasterio.open(path) as src:
                     this = (src.width, src.height, src.transform, src.crs)
-                    dtype, nodata = src.dtypes[0], src.nodata
+                    dtype, own = src.dtypes[0], src.nodata
             except (RasterioError, OSError) as err:
                 raise DataError(path, f"not a readable raster ({str(err).splitlines()[0]})") from None
             if grid is None:
@@ -86,19 +87,28 @@ class BandStack:
             elif this != grid:
                 raise DataError(path, f"band {band} is on another grid than {self.files[0].name}; "
                                       "stack only bands of the same size, transform and CRS")
-            from rasterio.dtypes import _gdal_typename
-
-            nd = "" if nodata is None else f"<NoDataValue>{nodata!r}</NoDataValue>"
-            parts.append(
-                f'<VRTRasterBand dataType="{_gdal_typename(dtype)}" band="{i}">{nd}<Description>{band}</Description>'
-                f'<SimpleSource><SourceFilename relativeToVRT="0">{xml_escape(str(path.resolve()))}</SourceFilename>'
-                "<SourceBand>1</SourceBand></SimpleSource></VRTRasterBand>"
-            )
+            sources.append((path, 1, band, dtype, own if nodata is None else nodata))
         assert grid is not None
-        width, height, transform, crs = grid
-        srs = f"<SRS>{xml_escape(crs.to_wkt())}</SRS>" if crs else ""
-        return (f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">{srs}'
-                f"<GeoTransform>{', '.join(repr(v) for v in transform.to_gdal())}</GeoTransform>{''.join(parts)}</VRTDataset>")
+        return vrt_xml(*grid, sources)
+
+
+def vrt_xml(width: int, height: int, transform: Any, crs: Any,
+            sources: Sequence[tuple[Path, int, str | None, str, float | None]]) -> str:
+    """A GDAL VRT (XML text) of ``(file, band, description, dtype, nodata)`` sources on one grid."""
+    from rasterio.dtypes import _gdal_typename
+
+    parts = []
+    for i, (path, index, desc, dtype, nodata) in enumerate(sources, start=1):
+        nd = "" if nodata is None else f"<NoDataValue>{nodata!r}</NoDataValue>"
+        described = f"<Description>{xml_escape(desc)}</Description>" if desc else ""
+        parts.append(
+            f'<VRTRasterBand dataType="{_gdal_typename(dtype)}" band="{i}">{nd}{described}'
+            f'<SimpleSource><SourceFilename relativeToVRT="0">{xml_escape(str(Path(path).resolve()))}</SourceFilename>'
+            f"<SourceBand>{index}</SourceBand></SimpleSource></VRTRasterBand>"
+        )
+    srs = f"<SRS>{xml_escape(crs.to_wkt())}</SRS>" if crs else ""
+    return (f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">{srs}'
+            f"<GeoTransform>{', '.join(repr(v) for v in transform.to_gdal())}</GeoTransform>{''.join(parts)}</VRTDataset>")
 
 
 def xml_escape(text: str) -> str:
@@ -236,6 +246,33 @@ def scene_pixel_range(src: Any, bands: Sequence[int], dtype: str) -> tuple[list[
     return lows, highs
 
 
+def _landsat_fill(name: Path, sample_file: Path) -> float | None:
+    """0 for an integer Landsat file (by its ID) that declares no nodata value, else ``None``."""
+    import rasterio
+
+    from .dates import landsat_id_date
+
+    if landsat_id_date(name.name) is None:
+        return None
+    with rasterio.open(sample_file) as src:
+        if any(v is not None for v in src.nodatavals) or not np.issubdtype(np.dtype(src.dtypes[0]), np.integer):
+            return None
+    return 0.0
+
+
+def _with_nodata(path: Path, nodata: float | None) -> str:
+    """``path`` itself, or a VRT of it that declares ``nodata`` on every band when it differs."""
+    import rasterio
+
+    if nodata is None:
+        return str(path)
+    with rasterio.open(path) as src:
+        if all(v == nodata for v in src.nodatavals):
+            return str(path)
+        sources = [(path, i, src.descriptions[i - 1], src.dtypes[i - 1], nodata) for i in range(1, src.count + 1)]
+        return vrt_xml(src.width, src.height, src.transform, src.crs, sources)
+
+
 def _is_sentinel2(descriptions: Sequence[str]) -> bool:
     from .sentinel2 import BANDS
 
@@ -251,6 +288,7 @@ def open_raster(
     date_pattern: str | None = None,
     pixel_range: str | tuple[Sequence[float], Sequence[float]] = "auto",
     band_names: str | Sequence[str] | None = None,
+    nodata: float | None = None,
 ) -> RasterInfo:
     """Open and validate a raster; every problem raises :class:`DataError` naming the file.
 
@@ -258,6 +296,10 @@ def open_raster(
     exist, the band count matches ``expected_bands``, the decimated pixels can be read and are not
     all nodata. ``band_names`` (e.g. ``"red,green,blue,nir"``) names the selected bands where the
     file does not; a band named ``nir`` enables land-cover words in captions.
+
+    ``nodata`` sets the nodata value of a file that lacks one (or overrides it). Landsat files
+    (named by a scene/product ID) without one get 0, the USGS Level-1/2 fill value, so their
+    black scene borders count as nodata.
     """
     import rasterio
     from rasterio.errors import RasterioError
@@ -266,7 +308,8 @@ def open_raster(
     stack = path if isinstance(path, BandStack) else None
     if stack is not None:
         label: Any = str(stack)
-        dataset = stack.vrt_xml()
+        fill = nodata if nodata is not None else _landsat_fill(stack.name, stack.files[0])
+        dataset = stack.vrt_xml(nodata=fill)
         path = stack.name
     else:
         path = Path(path)
@@ -276,6 +319,8 @@ def open_raster(
         if path.is_dir():
             raise DataError(label, "is a folder, expected a raster file")
     try:
+        if stack is None:
+            dataset = _with_nodata(path, nodata if nodata is not None else _landsat_fill(path, path))
         with rasterio.open(dataset) as src:
             if require_georeference and not _has_georeference(src):
                 raise DataError(label, "no georeference (no CRS or geotransform); lat/lon and GSD cannot be "
@@ -569,6 +614,7 @@ class GeoTiffChips:
         resize_to: int | None = None,
         bands: str | Sequence[int | str] | None = None,
         band_names: str | Sequence[str] | None = None,
+        nodata: float | None = None,
         date_pattern: str | None = None,
         max_nodata: float = 0.5,
         template: str = AUTO_TEMPLATE,
@@ -592,7 +638,7 @@ class GeoTiffChips:
         self.index: list[tuple[int, tuple[int, int, int, int]]] = []
         for path in find_rasters(paths, stack_bands=stack_bands):
             try:
-                info = open_raster(path, bands=bands, band_names=band_names, date_pattern=date_pattern)
+                info = open_raster(path, bands=bands, band_names=band_names, nodata=nodata, date_pattern=date_pattern)
                 with rasterio.open(info.dataset) as src:
                     # One mask read per scene when it fits in 64 MB, else one per window.
                     whole = src.dataset_mask() > 0 if info.width * info.height <= 64_000_000 else None

@@ -59,6 +59,7 @@ class PrepareConfig:
     resize: int | None = None
     bands: str | None = None
     band_names: str | None = None
+    nodata: float | None = None
     date_pattern: str | None = None
     max_nodata: float = 0.5
     shard_size: int = 1000
@@ -161,7 +162,8 @@ def _generate_items(cfg: PrepareConfig, rasters: list[Path], manifests: list[Pat
     """(key, entries, metadata, caption, source) for the generate task, file by file."""
     for path in rasters:
         try:
-            info = open_raster(path, bands=cfg.bands, band_names=cfg.band_names, date_pattern=cfg.date_pattern)
+            info = open_raster(path, bands=cfg.bands, band_names=cfg.band_names, nodata=cfg.nodata,
+                               date_pattern=cfg.date_pattern)
             check_pixels(info)  # a damaged file is skipped whole, before any of its chips is written
             if not chip_windows(info.width, info.height, cfg.chip_size, cfg.stride):
                 raise DataError(info.source, f"{info.width}×{info.height} px is smaller than one {cfg.chip_size} px chip")
