@@ -393,14 +393,109 @@ def test_conditional_tasks_answer_409_naming_the_missing_component(model_dir, tm
         assert client.get("/health").json()["queue"]["waiting"] == 0
 
 
-def test_task_component_present_but_no_runner_is_501(model_dir, tmp_path):
+@pytest.fixture(scope="module")
+def task_model_dir(model_dir, tmp_path_factory) -> Path:
+    """The tiny model plus one ControlNet per task (controlnet_superres/, _temporal/, _inpaint/)."""
     import shutil
 
-    with_cn = tmp_path / "with-controlnet"
-    shutil.copytree(model_dir, with_cn)
-    (with_cn / "controlnet_inpaint").mkdir()
-    (with_cn / "controlnet_inpaint" / "config.json").write_text("{}")
-    with client_for(with_cn, tmp_path) as client:
+    from diffusionsat.models.controlnet import SatControlNet
+    from diffusionsat.models.controlnet_3d import SatControlNet3D
+    from diffusionsat.models.sat_unet import SatUNet
+
+    folder = tmp_path_factory.mktemp("tasks") / "task-model"
+    shutil.copytree(model_dir, folder)
+    unet = SatUNet.from_pretrained(folder / "unet")
+    SatControlNet.from_unet(unet, conditioning_channels=4).save_pretrained(folder / "controlnet_superres")
+    SatControlNet3D.from_unet(unet, conditioning_channels=3, max_frames=3).save_pretrained(folder / "controlnet_temporal")
+    SatControlNet.from_unet(unet, conditioning_channels=4).save_pretrained(folder / "controlnet_inpaint")
+    return folder
+
+
+def test_superres_job_keeps_the_georeference_with_a_finer_gsd(task_model_dir, tmp_path):
+    with client_for(task_model_dir, tmp_path) as client:
+        assert all(t["available"] for t in client.get("/v1/model").json()["tasks"].values())
+        answer = client.post("/v1/superres", files={"image": ("../secret/s2.tif", tif_bytes(8, 8, 4), "image/tiff")},
+                             data={"scale": "2", "prompt": "farmland", "steps": "2", "seed": "5"})
+        assert answer.status_code == 202, answer.text
+        job = wait_for(client, answer.json()["id"])
+        assert job["status"] == "succeeded", job
+        result = job["results"][0]
+        assert result["record"]["task"] == "superres" and result["record"]["scale"] == 2
+        assert result["record"]["task_inputs"] == ["s2.tif"]  # the client's name, stripped; never a server path
+        from rasterio.io import MemoryFile
+
+        with MemoryFile(client.get(result["files"]["geotiff"]).content) as memfile, memfile.open() as src:
+            assert (src.width, src.height) == (16, 16) and src.crs.to_epsg() == 32614
+            assert src.res == (5.0, 5.0) and src.bounds.left == 500000 and src.bounds.top == 5200000
+        assert not list((tmp_path / "out" / job["id"]).glob("input-*"))  # uploads are not kept
+
+
+def test_temporal_and_inpaint_jobs(task_model_dir, tmp_path):
+    rng = np.random.default_rng(0)
+    scene = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(scene).save(buffer, format="PNG")
+    fill = np.zeros((16, 16), dtype=np.uint8)
+    fill[:, :8] = 255
+    mask = io.BytesIO()
+    PIL.Image.fromarray(fill).save(mask, format="PNG")
+    with client_for(task_model_dir, tmp_path) as client:
+        temporal = client.post(
+            "/v1/temporal",
+            files=[("frames", ("b.png", png_bytes(16, 16, value=200), "image/png")),
+                   ("frames", ("a.png", png_bytes(16, 16, value=50), "image/png"))],
+            data={"frame_dates": "2019-05-01,2017-05-01", "metadata": json.dumps({"date": "2021-06-01"}), "steps": "2"},
+        )
+        inpaint = client.post("/v1/inpaint", files={"image": ("i.png", buffer.getvalue(), "image/png"),
+                                                    "mask": ("m.png", mask.getvalue(), "image/png")},
+                              data={"steps": "2", "seed": "1", "num_images": "2"})
+        assert temporal.status_code == 202 and inpaint.status_code == 202, (temporal.text, inpaint.text)
+        done = wait_for(client, temporal.json()["id"])
+        assert done["status"] == "succeeded", done
+        record = done["results"][0]["record"]
+        assert record["task"] == "temporal" and record["frame_dates"] == ["2017-05-01", "2019-05-01"]
+        assert record["metadata"]["date"] == "2021-06-01"
+
+        done = wait_for(client, inpaint.json()["id"])
+        assert done["status"] == "succeeded", done
+        assert [r["seed"] for r in done["results"]] == [1, 2] and done["progress"] == 1.0
+        for result in done["results"]:
+            out = np.asarray(PIL.Image.open(io.BytesIO(client.get(result["files"]["png"]).content)).convert("RGB"))
+            assert np.array_equal(out[:, 8:], scene[:, 8:])  # unmasked pixels exactly as given
+            assert "geotiff" not in result["files"]  # a plain PNG without lat/lon/gsd has no place on Earth
+
+
+def test_task_errors_found_while_running_fail_the_job_with_the_reason(task_model_dir, tmp_path):
+    with client_for(task_model_dir, tmp_path) as client:  # the SR ControlNet takes 4 bands, not 3
+        answer = client.post("/v1/superres", files={"image": ("rgb.png", png_bytes(8, 8), "image/png")},
+                             data={"scale": "2", "steps": "1"})
+        job = wait_for(client, answer.json()["id"])
+        assert job["status"] == "failed" and "trained for 4" in job["error"], job
+        assert client.post("/v1/superres", files={"image": ("s2.tif", tif_bytes(8, 8, 4), "image/tiff")},
+                           data={"bands": "1,2,5"}).json()["field"] == "bands"
+
+
+def test_generic_controlnet_serves_the_tasks_it_fits(model_dir, tmp_path):
+    import shutil
+
+    from diffusionsat.models.controlnet_3d import SatControlNet3D
+    from diffusionsat.models.sat_unet import SatUNet
+
+    folder = tmp_path / "temporal-model"
+    shutil.copytree(model_dir, folder)
+    SatControlNet3D.from_unet(SatUNet.from_pretrained(folder / "unet"), conditioning_channels=3,
+                              max_frames=2).save_pretrained(folder / "controlnet")
+    with client_for(folder, tmp_path) as client:
+        tasks = client.get("/v1/model").json()["tasks"]
+        assert tasks["temporal"]["available"] is True
+        assert tasks["superres"]["available"] is False and tasks["inpaint"]["available"] is False
+
+
+def test_task_without_a_runner_is_501(task_model_dir, tmp_path, monkeypatch):
+    from diffusionsat.server import tasks
+
+    monkeypatch.delitem(tasks.TASK_RUNNERS, "inpaint")
+    with client_for(task_model_dir, tmp_path) as client:
         answer = client.post("/v1/inpaint", files={"image": ("i.png", png_bytes(16, 16), "image/png"),
                                                    "mask": ("m.png", png_bytes(16, 16, 1, 255), "image/png")})
         assert answer.status_code == 501 and answer.json()["component"] == "controlnet_inpaint"

@@ -176,6 +176,24 @@ def build_request(fields: dict[str, Any], model: ServedModel, size: tuple[int, i
     return request, georeferenced if geotiff is None else bool(geotiff)
 
 
+BANDS_HELP = ("Bands to use, comma-separated: 1-based indices (1,2,3) or names (B04,B03,B02,B08); "
+              "default: all bands, or for super-resolution the bands the ControlNet was trained on")
+
+
+def _bands(text: str | None, image: UploadedImage) -> str | None:
+    """Check band indices against the upload's band count (names are checked by the reader)."""
+    if text is None or not text.strip():
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    if any(not p for p in parts):
+        raise field_error("bands", f"bands={text!r}: empty entry; give e.g. 1,2,3 or B04,B03,B02")
+    for part in parts:
+        if part.isdigit() and not 1 <= int(part) <= image.bands:
+            raise field_error("bands", f"bands={text!r}: band {part} out of range; allowed [1, {image.bands}]",
+                              f"[1, {image.bands}]")
+    return ",".join(parts)
+
+
 async def read_upload(upload: UploadFile, field: str, config: ServerConfig) -> UploadedImage:
     """Read at most the size limit (one byte more tells it was exceeded), then check the header."""
     data = await upload.read(config.max_upload_bytes + 1)
@@ -396,11 +414,12 @@ def create_app(model: str | Path | None = None, *, pipeline: Any = None, config:
         image: Annotated[UploadFile, File(description="Low-resolution GeoTIFF or PNG (any band count)")],
         fields: Annotated[dict[str, Any], Depends(sampling_form)],
         scale: Annotated[int, Form(description="Upscaling factor, [2, 8]")] = 4,
+        bands: Annotated[str | None, Form(description=BANDS_HELP)] = None,
     ) -> JSONResponse:
         if not 2 <= scale <= 8:
             raise field_error("scale", f"scale={scale}: out of range; allowed [2, 8]", "[2, 8]")
         low = await read_upload(image, "image", config)
-        return await conditional("superres", fields, [low], scale=scale)
+        return await conditional("superres", fields, [low], scale=scale, bands=_bands(bands, low))
 
     @api.post("/temporal", status_code=202, summary="Generate the image of a place at a target date from past frames",
               responses=TASK_ERRORS)
@@ -408,6 +427,7 @@ def create_app(model: str | Path | None = None, *, pipeline: Any = None, config:
         frames: Annotated[list[UploadFile], File(description="1 to max_frames GeoTIFF/PNG images of one place")],
         frame_dates: Annotated[list[str], Form(description="One ISO date per frame (repeat the field or comma-separate)")],
         fields: Annotated[dict[str, Any], Depends(sampling_form)],
+        bands: Annotated[str | None, Form(description=BANDS_HELP)] = None,
     ) -> JSONResponse:
         if not 1 <= len(frames) <= config.max_frames:
             raise field_error("frames", f"frames: got {len(frames)} files; allowed [1, {config.max_frames}]",
@@ -419,19 +439,17 @@ def create_app(model: str | Path | None = None, *, pipeline: Any = None, config:
         if target.year is None:
             raise field_error("metadata.date", "metadata.date: the target date is required for temporal generation",
                               "ISO 8601: YYYY-MM-DD, YYYY-MM or YYYY")
-        frame_metadata = []
         for i, text in enumerate(dates):
             try:
-                year, month, day = parse_date(text, field=f"frame_dates[{i}]")
+                parse_date(text, field=f"frame_dates[{i}]")
             except MetadataError as err:
                 raise field_error(err.field, str(err), "ISO 8601: YYYY-MM-DD, YYYY-MM or YYYY") from None
-            frame_metadata.append(target.replace(year=year, month=month, day=day))
         images = [await read_upload(f, f"frames[{i}]", config) for i, f in enumerate(frames)]
         for i, img in enumerate(images[1:], start=1):
             if (img.width, img.height, img.bands) != (images[0].width, images[0].height, images[0].bands):
                 raise field_error(f"frames[{i}]", f"frames[{i}]: {img.width}x{img.height}x{img.bands} differs from "
                                   f"frames[0] ({images[0].width}x{images[0].height}x{images[0].bands}); frames must match")
-        return await conditional("temporal", fields, images, frame_metadata=frame_metadata)
+        return await conditional("temporal", fields, images, frame_dates=dates, bands=_bands(bands, images[0]))
 
     @api.post("/inpaint", status_code=202, summary="Fill the masked pixels of an image (a job)",
               responses=TASK_ERRORS)
@@ -439,6 +457,7 @@ def create_app(model: str | Path | None = None, *, pipeline: Any = None, config:
         image: Annotated[UploadFile, File(description="GeoTIFF or PNG to fill")],
         mask: Annotated[UploadFile, File(description="1-band mask of the same size; non-zero = fill")],
         fields: Annotated[dict[str, Any], Depends(sampling_form)],
+        bands: Annotated[str | None, Form(description=BANDS_HELP)] = None,
     ) -> JSONResponse:
         picture = await read_upload(image, "image", config)
         drawn = await read_upload(mask, "mask", config)
@@ -446,7 +465,7 @@ def create_app(model: str | Path | None = None, *, pipeline: Any = None, config:
             filled = await asyncio.to_thread(check_mask, drawn, picture)
         except UploadError as err:
             raise field_error(err.field, str(err)) from None
-        return await conditional("inpaint", fields, [picture], mask=filled)
+        return await conditional("inpaint", fields, [picture], mask=filled, bands=_bands(bands, picture))
 
     @api.get("/jobs/{job_id}", summary="Status, progress and result links of a job")
     async def get_job(job_id: str) -> dict[str, Any]:

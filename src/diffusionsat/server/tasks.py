@@ -1,10 +1,12 @@
 """The model the server serves, and the one place where a task name meets the code that runs it.
 
-Text+metadata generation runs through :func:`diffusionsat.generation.generate_images`. The
-conditional tasks (super-resolution, temporal, in-painting) each need a ControlNet in the model
-folder; their runners register in :data:`TASK_RUNNERS` as the conditional pipelines land. Until a
-model has the component a task needs, the API answers 409 naming it; when the model has it but
-this version of the package has no runner, 501.
+Text+metadata generation runs :func:`diffusionsat.generation.generate_images`; super-resolution,
+temporal generation and in-painting run the library's task functions
+(:mod:`diffusionsat.conditional`) with the ControlNet the served model has for the task: a
+``controlnet_<task>/`` sub-folder, or a ``controlnet/`` sub-folder whose class fits the task
+(``SatControlNet3D`` for temporal, ``SatControlNet`` for super-resolution and in-painting). Without
+one, the API answers 409 naming the missing component; a task with no runner in
+:data:`TASK_RUNNERS` answers 501.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import numpy as np
 
 from ..generation import GenerationRequest, generate_images, save_images
 from ..loading import load_pipeline, model_version, read_model_card, resolve_model
-from ..metadata import SatMetadata
 from ..outputs import output_paths
 from ..schedulers import SCHEDULERS, scheduler_name
 from .jobs import Job, JobResult
@@ -51,6 +52,42 @@ class TaskUnavailable(Exception):
         self.status, self.code, self.task, self.component = status, code, task, component
 
 
+#: A generic ``controlnet/`` sub-folder (one task model, as ``diffusionsat superres --model`` takes) serves
+#: the tasks its class fits.
+GENERIC_CONTROLNET = "controlnet"
+CONTROLNET_FITS: dict[str, tuple[str, ...]] = {
+    "superres": ("SatControlNet",),
+    "temporal": ("SatControlNet3D",),
+    "inpaint": ("SatControlNet",),
+}
+
+
+def find_controlnets(folder: Path) -> dict[str, Path]:
+    """Task → ControlNet folder inside a model folder (per-task sub-folders first)."""
+    found = {task: folder / name for task, name in TASK_COMPONENTS.items() if (folder / name / "config.json").is_file()}
+    generic = folder / GENERIC_CONTROLNET / "config.json"
+    if generic.is_file():
+        kind = json.loads(generic.read_text(encoding="utf-8")).get("_class_name")
+        for task, classes in CONTROLNET_FITS.items():
+            if task not in found and kind in classes:
+                found[task] = generic.parent
+    return found
+
+
+def load_controlnets(folder: Path, device: Any) -> dict[str, Any]:
+    """Load each task's ControlNet once (a folder serving several tasks is loaded once)."""
+    from ..pipelines.pipeline_controlnet import controlnet_class
+
+    loaded: dict[Path, Any] = {}
+    nets = {}
+    for task, path in find_controlnets(folder).items():
+        if path not in loaded:
+            loaded[path] = controlnet_class(path).from_pretrained(str(path)).to(device)
+            logger.info("loaded %s from %s for %s", type(loaded[path]).__name__, path.name, task)
+        nets[task] = loaded[path]
+    return nets
+
+
 class WorkerPipeline:
     """One sampler thread's pipeline: weights shared with the others, its own scheduler.
 
@@ -63,10 +100,27 @@ class WorkerPipeline:
         self.pipe = type(pipe)(**pipe.components)
         self.pipe.set_progress_bar_config(disable=True)
         self._default = pipe.scheduler
+        self._task_pipes: dict[str, Any] = {}
+
+    def _scheduler(self) -> Any:
+        return type(self._default).from_config(self._default.config)
 
     def fresh(self) -> Any:
-        self.pipe.scheduler = type(self._default).from_config(self._default.config)
+        self.pipe.scheduler = self._scheduler()
         return self.pipe
+
+    def for_task(self, task: str, controlnet: Any) -> Any:
+        """This worker's ControlNet pipeline for ``task`` (same base weights), with a fresh scheduler."""
+        from ..pipelines.pipeline_controlnet import DiffusionSatControlNetPipeline
+
+        pipe = self._task_pipes.get(task)
+        if pipe is None:
+            parts = {k: v for k, v in self.pipe.components.items() if k != "scheduler"}
+            pipe = DiffusionSatControlNetPipeline(**parts, controlnet=controlnet, scheduler=self._scheduler())
+            pipe.set_progress_bar_config(disable=True)
+            self._task_pipes[task] = pipe
+        pipe.scheduler = self._scheduler()
+        return pipe
 
 
 @dataclass
@@ -79,6 +133,7 @@ class ServedModel:
     version: str | None
     card: str | None
     components: frozenset[str]
+    controlnets: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def load(cls, model: str | Path | None, device: str = "cpu") -> ServedModel:
@@ -96,10 +151,9 @@ class ServedModel:
                 components |= {k for k in json.loads(index.read_text(encoding="utf-8")) if not k.startswith("_")}
             components |= {p.name for p in folder.iterdir() if (p / "config.json").is_file()}
         name = folder.name if folder.exists() else location
-        return cls(pipe, name, location, model_version(location), read_model_card(location), frozenset(components))
-
-    def has(self, component: str) -> bool:
-        return component in self.components
+        controlnets = load_controlnets(folder, pipe.device) if folder.is_dir() else {}
+        return cls(pipe, name, location, model_version(location), read_model_card(location), frozenset(components),
+                   controlnets)
 
     def workers(self, count: int) -> list[WorkerPipeline]:
         return [WorkerPipeline(self.pipeline) for _ in range(count)]
@@ -133,16 +187,83 @@ class ConditionalInputs:
     task: str
     request: GenerationRequest
     images: list[UploadedImage]
-    frame_metadata: list[SatMetadata] = field(default_factory=list)
+    frame_dates: list[str] = field(default_factory=list)
     mask: np.ndarray | None = None
     scale: int | None = None
+    bands: str | None = None
     geotiff: bool = False
 
 
 ConditionalRunner = Callable[[WorkerPipeline, Job, ConditionalInputs, ServedModel], Sequence[JobResult]]
 
-#: Conditional task → runner. The conditional pipelines (issue #6) register here when they land.
-TASK_RUNNERS: dict[str, ConditionalRunner] = {}
+
+def _read_uploads(job: Job, inputs: ConditionalInputs, bands: str | None) -> list[Any]:
+    """Uploads → :class:`~diffusionsat.conditional.RasterInput` through the library's reader.
+
+    Each upload is written under a generated name in the job's folder, read, and deleted.
+    """
+    from ..conditional import read_input
+
+    rasters = []
+    for i, upload in enumerate(inputs.images):
+        path = job.folder / f"input-{i}.{'png' if upload.kind == 'png' else 'tif'}"
+        path.write_bytes(upload.data)
+        try:
+            date = inputs.frame_dates[i] if inputs.frame_dates else None
+            rasters.append(read_input(path, bands=bands, date=date))
+        finally:
+            path.unlink(missing_ok=True)
+    return rasters
+
+
+def run_conditional(worker: WorkerPipeline, job: Job, inputs: ConditionalInputs, model: ServedModel) -> list[JobResult]:
+    """One task job: read the uploads, sample ``num_images`` results (seed + i), write them (SPEC §5)."""
+    from .. import conditional
+    from ..schedulers import make_scheduler
+
+    pipe = worker.for_task(inputs.task, model.controlnets[inputs.task])
+    request = inputs.request
+    if request.scheduler is not None:
+        pipe.scheduler = make_scheduler(request.scheduler, pipe.scheduler)
+    bands = inputs.bands
+    if bands is None and inputs.task == "superres" and conditional.controlnet_bands(pipe):
+        bands = ",".join(conditional.controlnet_bands(pipe))
+    rasters = _read_uploads(job, inputs, bands)
+    seeds = request.seeds()
+    job.report(0, request.steps * len(seeds))
+    overrides = None if request.metadata.is_unknown() else request.metadata
+    paths = output_paths(job.folder / "image", len(seeds), inputs.geotiff)
+    written = []
+    for i, (seed, path) in enumerate(zip(seeds, paths)):
+        def progress(step: int, _timestep: int, _latents: Any, i: int = i) -> None:
+            total = len(pipe.scheduler.timesteps)
+            job.report(i * total + step + 1, total * len(seeds))
+
+        common = {"prompt": request.prompt, "metadata": overrides, "seed": seed, "callback": progress,
+                  "num_inference_steps": request.steps, "guidance_scale": request.guidance_scale,
+                  "metadata_guidance_scale": request.metadata_guidance_scale,
+                  "negative_prompt": request.negative_prompt}
+        if inputs.task == "superres":
+            result = conditional.superresolve(pipe, rasters, scale=inputs.scale, **common)
+        elif inputs.task == "temporal":
+            result = conditional.predict_temporal(pipe, rasters, target_date=request.metadata.date_string(), **common)
+        else:
+            result = conditional.inpaint_raster(pipe, rasters[0], inputs.mask, **common)
+        result.extra["task_inputs"] = [upload.filename for upload in inputs.images]  # never server paths
+        written.append(conditional.save_task_result(
+            result, path, task=inputs.task, prompt=request.prompt, steps=request.steps,
+            guidance_scale=request.guidance_scale, scheduler=scheduler_name(pipe.scheduler), model=model.name,
+            model_version=model.version,
+        ))
+    return results_from(written)
+
+
+#: Conditional task → runner: the one place a task meets the code that runs it.
+TASK_RUNNERS: dict[str, ConditionalRunner] = {
+    "superres": run_conditional,
+    "temporal": run_conditional,
+    "inpaint": run_conditional,
+}
 
 
 def check_available(model: ServedModel, task: str) -> None:
@@ -150,11 +271,13 @@ def check_available(model: ServedModel, task: str) -> None:
     if task == "generate":
         return
     component = TASK_COMPONENTS[task]
-    if not model.has(component):
+    if task not in model.controlnets:
+        fits = " or ".join(CONTROLNET_FITS[task])
         raise TaskUnavailable(
             409, "model_component_missing", task, component,
             f"the loaded model {model.name!r} has no '{component}' (the ControlNet for {TASK_TITLES[task]}); "
-            f"serve a model folder that contains {component}/ to use /v1/{task}",
+            f"serve a model folder that contains {component}/ (or a {GENERIC_CONTROLNET}/ holding a {fits}) "
+            f"to use /v1/{task}",
         )
     if task not in TASK_RUNNERS:
         raise TaskUnavailable(
