@@ -65,3 +65,17 @@ def test_random_box_masks_are_reproducible():
     a = random_box_mask(64, 64, np.random.default_rng(1))
     b = random_box_mask(64, 64, np.random.default_rng(1))
     assert np.array_equal(a, b) and 0 < a.mean() < 1
+
+
+def test_resize_keeps_task_keys_consistent(shared_data):
+    from diffusionsat.data import Resize
+
+    sr = SuperResPairs(shared_data / "spacenet-samples/pan1.tif", 128, low=shared_data / "spacenet-samples/ms1.tif")[0]
+    out = Resize(64)(sr)
+    assert out["pixel_values"].shape == (1, 64, 64) and out["conditioning_pixel_values"].shape == (4, 32, 32)
+    assert out["metadata"].gsd == pytest.approx(2 * sr["metadata"].gsd)
+    assert out["conditioning_metadata"].gsd == pytest.approx(2 * sr["conditioning_metadata"].gsd)
+    ip = InpaintSamples(shared_data / "spacenet-samples/sample_geotiff.tif", 300, boxes=2)[0]
+    small = Resize(60)(ip)
+    assert small["mask"].shape == (1, 60, 60) and set(small["mask"].unique().tolist()) <= {0.0, 1.0}
+    assert small["valid_mask"].dtype == ip["valid_mask"].dtype

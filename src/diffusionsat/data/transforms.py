@@ -77,10 +77,37 @@ class SelectBands:
         return {**sample, "pixel_values": sample["pixel_values"][self.channels]}
 
 
+def _resize_tensor(x: torch.Tensor, size: tuple[int, int], nearest: bool = False) -> torch.Tensor:
+    """Resize (..., H, W) floats: antialiased bilinear (clamped to [-1, 1]) or nearest for masks."""
+    lead = x.shape[:-2]
+    flat = x.reshape(-1, 1, *x.shape[-2:]).float()
+    if nearest:
+        out = torch.nn.functional.interpolate(flat, size=size, mode="nearest")
+    else:
+        out = torch.nn.functional.interpolate(flat, size=size, mode="bilinear", antialias=True,
+                                              align_corners=False).clamp(-1, 1)
+    return out.reshape(*lead, *size).to(x.dtype)
+
+
+def _scaled(meta: Any, from_size: int, to_size: int) -> Any:
+    if isinstance(meta, SatMetadata):
+        return meta.resized(from_size, to_size)
+    if isinstance(meta, list):
+        return [_scaled(m, from_size, to_size) for m in meta]
+    return meta
+
+
 class Resize:
-    """Resize ``pixel_values`` (and ``valid_mask``) to ``size``×``size``; the GSD scales with it."""
+    """Resize a sample to ``size``×``size``; every GSD scales with its pixels.
+
+    ``pixel_values``, ``valid_mask`` and ``mask`` (nearest) and temporal conditioning frames go to
+    ``size``; a super-resolution input keeps its ratio to the target (a 4× smaller input stays 4×
+    smaller).
+    """
 
     def __init__(self, size: int):
+        if size <= 0:
+            raise ValueError(f"resize size={size}: must be a positive number of pixels")
         self.size = size
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
@@ -88,17 +115,22 @@ class Resize:
         h, w = x.shape[-2:]
         if (h, w) == (self.size, self.size):
             return sample
+        target = (self.size, self.size)
         out = dict(sample)
-        out["pixel_values"] = torch.nn.functional.interpolate(
-            x[None], size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False
-        )[0].clamp(-1, 1)
-        if "valid_mask" in sample:
-            out["valid_mask"] = torch.nn.functional.interpolate(
-                sample["valid_mask"][None, None].float(), size=(self.size, self.size), mode="nearest"
-            )[0, 0].bool()
-        meta = sample.get("metadata")
-        if isinstance(meta, SatMetadata):
-            out["metadata"] = meta.resized(w, self.size)
+        out["pixel_values"] = _resize_tensor(x, target)
+        for key in ("valid_mask", "mask"):
+            if key in sample:
+                out[key] = _resize_tensor(sample[key], target, nearest=True)
+        out["metadata"] = _scaled(sample.get("metadata"), w, self.size)
+        cond = sample.get("conditioning_pixel_values")
+        if cond is not None:
+            ch, cw = cond.shape[-2:]
+            if cond.ndim == 4 or (ch, cw) == (h, w):  # temporal frames / same-size control image
+                new = target
+            else:  # super-resolution input: keep the ratio
+                new = (max(1, round(ch * self.size / h)), max(1, round(cw * self.size / w)))
+            out["conditioning_pixel_values"] = _resize_tensor(cond, new)
+            out["conditioning_metadata"] = _scaled(sample.get("conditioning_metadata"), cw, new[1])
         return out
 
 
