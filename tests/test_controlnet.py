@@ -289,3 +289,31 @@ def test_new_task_controlnets_and_per_task_subfolders(tiny_pipeline, tmp_path):
     sr.save_pretrained(tmp_path / "multi" / "controlnet")
     assert isinstance(load_controlnet_pipeline(tmp_path / "multi", task="temporal").controlnet, SatControlNet3D)
     assert isinstance(load_controlnet_pipeline(tmp_path / "multi", task="superres").controlnet, SatControlNet)
+
+
+def test_inpainting_with_a_latent_model_keeps_unmasked_pixels_bit_exactly(tiny_pipeline):
+    from diffusers import AutoencoderKL
+
+    from diffusionsat import SatUNet
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+                        norm_num_groups=8, layers_per_block=1)
+    unet = SatUNet.from_config({**tiny_pipeline.unet.config, "in_channels": 4, "out_channels": 4})
+    controlnet = perturb(SatControlNet.from_unet(unet, conditioning_channels=4, conditioning_downsample_factor=2,
+                                                 conditioning_embedding_out_channels=(8, 16)))
+    pipe = DiffusionSatControlNetPipeline(**{**tiny_pipeline.components, "unet": unet, "vae": vae}, controlnet=controlnet)
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[0, :, 8:20, 4:30] = 1
+    mask[1, :, 0:6, 0:6] = 1
+    out = pipe([PROMPT, PROMPT], image=image, mask=mask, metadata=MD, num_inference_steps=2, output_type="pt").images
+    keep = (mask == 0).expand_as(image)
+    assert torch.equal(out[keep], image[keep])
+    assert (out - image)[~keep].abs().mean() > 1e-3
+    with pytest.raises(ValueError, match="mask is \\(16, 16\\) px but the image is \\(32, 32\\) px"):
+        pipe(PROMPT, image=image[:1], mask=mask[:1, :, :16, :16], num_inference_steps=1)
+    with pytest.raises(ValueError, match="only 0"):
+        pipe(PROMPT, image=image[:1], mask=mask[:1] * 0.5, num_inference_steps=1)

@@ -337,6 +337,8 @@ class DiffusionSatControlNetPipeline(DiffusionSatPipeline):
         # 2. Control input(s) and their metadata; frames sorted by date
         control = self.prepare_control(control_image, len(prompts), sample_size, device, self.controlnet.dtype)
         frames = control.shape[2] if control.ndim == 5 else None
+        if frames is not None and (cond_metadata is None or isinstance(cond_metadata, (SatMetadata, dict))):
+            cond_metadata = None if cond_metadata is None else [cond_metadata] * frames  # one item for every frame
         cond_md = self.prepare_cond_metadata(cond_metadata, len(prompts), frames, device)
         if frames is not None and sort_frames and not torch.is_tensor(cond_metadata) and cond_metadata is not None:
             control, cond_md = self.sort_by_date(control, cond_md, cond_metadata)
