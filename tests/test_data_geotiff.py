@@ -174,3 +174,10 @@ def test_landsat_fill_zero_is_nodata_and_user_nodata(shared_data):
     rgbn = open_raster(shared_data / "planetscope-like/rgbn.tif", nodata=0)
     assert rgbn.nodata == 0.0 and read_chip(rgbn, (0, 0, 64, 64)).valid.all()
     assert open_raster(shared_data / "planetscope-like/rgbn.tif").nodata is None
+
+
+def test_captions_without_reading_pixels_match_the_samples(shared_data):
+    ds = GeoTiffChips(shared_data / NAIP, 256, resize_to=32, date_pattern="*_{YYYYMMDD}.tif", sensor="NAIP")
+    assert ds.captions() == [ds[i]["caption"] for i in range(len(ds))]
+    named = GeoTiffChips(shared_data / NAIP, 256, band_names="red,green,blue,nir")
+    assert named.captions() == [named[i]["caption"] for i in range(len(named))]

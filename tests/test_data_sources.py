@@ -94,6 +94,7 @@ def test_fmow_sample_metadata_and_caption(fmow_dir):
     assert meta.lon == pytest.approx(2.305) and meta.lat == pytest.approx(48.805)
     assert sample["caption"] == "a satellite image of a port in France"
     assert sample["pixel_values"].shape == (3, 64, 64)
+    assert ds.captions() == ["a satellite image of a port in France"]
     dropped = FMoWDataset(fmow_dir, caption_dropout=1.0)[0]["caption"]
     assert dropped == "a satellite image"
 
@@ -128,6 +129,7 @@ def test_manifest_formats_round_trip(shared_data, tmp_path, suffix):
     assert len(ManifestDataset(path)) == 2
     assert ds[0]["caption"] == "a port" and ds[0]["pixel_values"].shape == (3, 200, 200)
     assert ds[1]["caption"] == "a satellite image"  # nothing known → nothing claimed
+    assert ds.captions() == [ds[0]["caption"], ds[1]["caption"]]
 
 
 def test_manifest_row_pointing_nowhere(shared_data, tmp_path):

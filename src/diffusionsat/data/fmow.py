@@ -136,6 +136,11 @@ class FMoWDataset:
     def __len__(self) -> int:
         return len(self.records)
 
+    def captions(self) -> list[str]:
+        """Every sample's full caption (no dropout), no pixels read."""
+        return [self.template.render(caption_fields(r.metadata, class_name=r.class_name, countries=self.countries))
+                for r in self.records]
+
     def __getitem__(self, idx: int) -> dict[str, Any]:
         from .transforms import to_model_range
 

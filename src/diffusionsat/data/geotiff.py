@@ -667,6 +667,21 @@ class GeoTiffChips:
         scene, window = self.index[idx]
         return read_chip(self.scenes[scene], window, **self.read_kwargs)
 
+    def captions(self) -> list[str]:
+        """Every chip's caption (e.g. for a tokenizer vocabulary) without reading pixels, unless
+        land-cover words need them (a band named NIR)."""
+        out = []
+        for scene_idx, window in self.index:
+            info = self.scenes[scene_idx]
+            if any(n.lower() in _NIR_ALIASES for n in info.band_names):
+                out.append(read_chip(info, window, **self.read_kwargs).caption)
+                continue
+            kw = self.read_kwargs
+            meta = _metadata_for(info, window, kw["out_size"], [])
+            fields = caption_fields(meta, sensor=kw["sensor"] or info.sensor, countries=kw["countries"])
+            out.append(CaptionTemplate(kw["template"]).render(fields))
+        return out
+
     def __getitem__(self, idx: int) -> dict[str, Any]:
         sample = self.chip(idx).to_sample()
         return self.transform(sample) if self.transform else sample

@@ -164,6 +164,11 @@ class ManifestDataset:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def captions(self) -> list[str]:
+        """Every row's caption (its own, or the automatic one from its metadata), no pixels read."""
+        return [row.caption or CaptionTemplate(self.template).render(caption_fields(row.metadata, countries=self.countries))
+                for row in self.rows]
+
     def __getitem__(self, idx: int) -> dict[str, Any]:
         from .transforms import to_model_range
 
