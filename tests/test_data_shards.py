@@ -34,6 +34,7 @@ def test_round_trip_identical_pixels_and_metadata(naip_chips, shard_dir):
         assert sample["caption"] == chip.caption
         assert torch.equal(sample["pixel_values"], chip.to_sample()["pixel_values"])
         assert sample["record"]["crs_label"] == "EPSG:26914"
+    assert ShardDataset(shard_dir, rank=1, world_size=2).captions() == [c.caption for c in naip_chips]
 
 
 def test_round_trip_uint16_and_float_as_geotiff(shared_data, tmp_path):

@@ -352,6 +352,15 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.transform, self.raw = transform, raw
         self.epoch = 0
 
+    def captions(self) -> list[str]:
+        """Every caption in all shards (all ranks), in file order, without decoding any image."""
+        out = []
+        for url in self.urls:
+            for _, entries in iter_tar_samples(url):
+                if "txt" in entries:
+                    out.append(entries["txt"].decode())
+        return out
+
     def set_epoch(self, epoch: int) -> None:
         """Change the shuffle order (same on every rank) for a new epoch."""
         self.epoch = epoch
