@@ -55,7 +55,7 @@ def test_evaluate_generate_end_to_end(tiny_model_dir, heldout, tmp_path, capsys,
     for metric in ("domain_fid", "domain_kid", "classification_score", "gsd_error", "season_accuracy"):
         rows = report["metrics"][metric]["rows"]
         assert set(rows) == {"model", "real-vs-real", "blur+noise"}
-        assert all(isinstance(r["value"], float) and r["n"] >= 3 for r in rows.values()), metric
+        assert all(isinstance(r["value"], float) and r["n"] >= 1 for r in rows.values()), metric
     # Without weights: FID/IS/CLIP are reported as missing with the reason, not silently dropped.
     assert report["metrics"]["fid"]["rows"]["model"]["value"] is None
     assert "--inception" in report["metrics"]["fid"]["rows"]["model"]["note"]

@@ -13,7 +13,12 @@ from torch import nn
 
 from diffusionsat.cli.main import main
 from diffusionsat.evaluation.metrics import clip_score_per_image
-from diffusionsat.evaluation.networks import InceptionFeatures, PretrainedWeightsMissing, load_clip, load_lpips
+from diffusionsat.evaluation.networks import (
+    InceptionFeatures,
+    PretrainedWeightsMissing,
+    load_clip,
+    load_lpips,
+)
 
 
 class PlainFeatures(nn.Module):
