@@ -94,7 +94,7 @@ def test_temporal_pipeline_is_order_invariant_and_sees_every_frame(tiny_pipeline
     dates = [SatMetadata(year=2015, month=9, day=26), SatMetadata(year=2010, month=6, day=29), SatMetadata(year=2012)]
 
     def run(images, metadata):
-        return pipe(PROMPT, images, metadata=MD, cond_metadata=metadata, num_inference_steps=2,
+        return pipe(PROMPT, images, metadata=MD, cond_metadata=metadata, num_inference_steps=2, guidance_scale=1.0,
                     generator=torch.Generator().manual_seed(7), output_type="np").images
 
     reference = run(frames, dates)
@@ -108,7 +108,7 @@ def test_temporal_pipeline_is_order_invariant_and_sees_every_frame(tiny_pipeline
     assert np.abs(run(frames, other_date) - reference).max() > 1e-4
     # without sorting, the order matters (so sorting is what makes it invariant)
     unsorted = pipe(PROMPT, frames[:, :, [2, 0, 1]], metadata=MD, cond_metadata=[dates[i] for i in (2, 0, 1)],
-                    num_inference_steps=2, sort_frames=False, generator=torch.Generator().manual_seed(7),
+                    num_inference_steps=2, guidance_scale=1.0, sort_frames=False, generator=torch.Generator().manual_seed(7),
                     output_type="np").images
     assert np.abs(unsorted - reference).max() > 1e-5
 
@@ -183,7 +183,7 @@ def test_multi_image_fusion_of_identical_inputs_equals_single_input(tiny_pipelin
     md = SatMetadata(gsd=10.0, year=2017)
 
     def run(control, cond):
-        return pipe(PROMPT, control, metadata=MD, cond_metadata=cond, num_inference_steps=2,
+        return pipe(PROMPT, control, metadata=MD, cond_metadata=cond, num_inference_steps=2, guidance_scale=1.0,
                     generator=torch.Generator().manual_seed(5), output_type="np").images
 
     single = run(low, md)

@@ -191,6 +191,9 @@ def align_inputs(inputs: list[RasterInput], reproject: bool, what: str = "frame"
     first = inputs[0]
     out = [first]
     for i, item in enumerate(inputs[1:], start=2):
+        if item.pixels.shape[0] != first.pixels.shape[0]:
+            raise ValueError(f"{what} {i} ({item.path.name}) has {item.pixels.shape[0]} bands, {what} 1 "
+                             f"({first.path.name}) {first.pixels.shape[0]}; select the same bands with --bands")
         if same_grid(first, item):
             out.append(item)
             continue
@@ -352,7 +355,7 @@ def mask_from_raster(path: str | os.PathLike, image: RasterInput, window: Window
     if info.georeferenced and image.georeferenced:
         if as_crs(info.crs_wkt) != as_crs(image.crs):
             raise ValueError(f"mask {info.path.name} is in {crs_label(info.crs_wkt)}, the image in {crs_label(image.crs)}")
-        col, row = ~info.transform * (image.transform.c, image.transform.f)
+        col, row = ~info.transform @ (image.transform.c, image.transform.f)
         aligned = abs(col - round(col)) < 1e-3 and abs(row - round(row)) < 1e-3
         same_res = np.allclose(tuple(info.transform)[:6:4] + (info.transform.b, info.transform.d),
                                tuple(image.transform)[:6:4] + (image.transform.b, image.transform.d), rtol=1e-6)

@@ -378,10 +378,16 @@ class DiffusionSatControlNetPipeline(DiffusionSatPipeline):
             denoiser = self.make_denoiser(text, md, control, cmd, branches, guidance_scale,
                                           metadata_guidance_scale, controlnet_conditioning_scale)
         native = self.unet.config.sample_size
+        multiple = 2 ** (len(self.unet.config.block_out_channels) - 1)
         tile = tile_size or int(native[0] if isinstance(native, (list, tuple)) else native)
+        if tile < multiple:
+            raise ValueError(f"tile_size={tile}: must be at least {multiple} for this model")
+        tile = tile // multiple * multiple  # the UNet needs tiles it can downsample
         overlap = tile // 4 if tile_overlap is None else tile_overlap
+        if not 0 <= overlap < tile:
+            raise ValueError(f"tile_overlap={overlap}: must be >= 0 and smaller than the tile ({tile})")
         if max(sample_size) > tile:
-            denoiser = sampling.tiled(denoiser, tile, overlap, 2 ** (len(self.unet.config.block_out_channels) - 1), tile_batch)
+            denoiser = sampling.tiled(denoiser, tile, overlap, multiple, tile_batch)
 
         # 5. Timesteps and latents
         self.scheduler.set_timesteps(num_inference_steps, device=device)
