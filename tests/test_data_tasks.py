@@ -79,3 +79,19 @@ def test_resize_keeps_task_keys_consistent(shared_data):
     small = Resize(60)(ip)
     assert small["mask"].shape == (1, 60, 60) and set(small["mask"].unique().tolist()) <= {0.0, 1.0}
     assert small["valid_mask"].dtype == ip["valid_mask"].dtype
+
+
+def test_temporal_frames_on_the_same_grid_equal_chips_read_directly(shared_data):
+    """The Landsat series shares one grid: a frame read over the target's bounds is that chip."""
+    import torch
+
+    from diffusionsat.data import open_raster, read_chip
+
+    ds = TemporalSequences([shared_data / "landsat-timeseries"], 128, date_pattern="{YYYY}.tif", num_frames=2,
+                           out_size=64)
+    sample = ds[3]
+    _, window = ds.index[3]
+    info = open_raster(shared_data / "landsat-timeseries/2010.tif", date_pattern="{YYYY}.tif")
+    direct = read_chip(info, window, out_size=64).to_sample()["pixel_values"]
+    assert torch.equal(sample["conditioning_pixel_values"][0], direct)
+    assert sample["conditioning_metadata"][0].year == 2010 and sample["metadata"].year == 2015

@@ -43,11 +43,21 @@ def _read_bounds(info: RasterInfo, bounds: tuple[float, float, float, float], si
     try:
         with rasterio.open(info.dataset) as src:
             win = from_bounds(*bounds, transform=src.transform)
-            data = src.read(info.bands, window=win, out_shape=(len(info.bands), *size),
+            # Read at (about) native resolution, so GDAL never substitutes an overview, then
+            # resample like the target chip (block average / antialiased bilinear).
+            native = (max(1, round(win.height)), max(1, round(win.width)))
+            data = src.read(info.bands, window=win, out_shape=(len(info.bands), *native),
                             resampling=Resampling.bilinear, boundless=True, fill_value=src.nodata or 0)
-            valid = src.dataset_mask(window=win, out_shape=size, boundless=True) > 0
+            valid = src.dataset_mask(window=win, out_shape=native, boundless=True) > 0
     except (RasterioError, OSError) as err:
         raise DataError(info.source, f"cannot read pixels ({str(err).splitlines()[0]})") from None
+    if native != tuple(size):
+        from .transforms import resample
+
+        if size[0] != size[1]:
+            raise ValueError(f"chips are square; got size {size}")
+        data = resample(data, size[0])
+        valid = resample(valid[None], size[0], nearest=True)[0]
     return data, valid
 
 
