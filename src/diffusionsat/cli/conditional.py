@@ -234,8 +234,9 @@ def _controlled_generate(original, control, controlnet, **kwargs):
     overrides = _overrides(kwargs["lat"], kwargs["lon"], kwargs["gsd"], kwargs["cloud_cover"], kwargs["cloud_percent"],
                            kwargs["date"])
     raster = tasks.read_input(image)
-    paths = output_paths(kwargs["out"] or f"{Path(image).stem}_{kind}.png", num_images,
-                         geotiff=raster.georeferenced or kwargs["geotiff"])
+    if kwargs["geotiff"] and not raster.georeferenced:
+        raise InputError("--geotiff with --control needs a georeferenced control image")
+    paths = output_paths(kwargs["out"] or f"{Path(image).stem}_{kind}.png", num_images, geotiff=raster.georeferenced)
     check_outputs(paths, kwargs["overwrite"])
     pipe, location = _load(kwargs["model"], controlnet, kwargs["device"], scheduler, "control")
     seed = _seed(kwargs["seed"])
@@ -245,8 +246,6 @@ def _controlled_generate(original, control, controlnet, **kwargs):
             num_inference_steps=steps, guidance_scale=guidance, metadata_guidance_scale=kwargs["metadata_guidance"],
             negative_prompt=kwargs["negative_prompt"],
         )
-        if result.crs is None and kwargs["geotiff"]:
-            raise InputError("--geotiff with --control needs a georeferenced control image")
         written = tasks.save_task_result(
             result, path, task="control", prompt=prompt, steps=steps, guidance_scale=guidance,
             scheduler=scheduler_name(pipe.scheduler), model=Path(location).name if Path(location).exists() else location,
