@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from diffusers.schedulers import KarrasDiffusionSchedulers
+from diffusers.utils.torch_utils import randn_tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..metadata import MetadataLike, SatMetadata, as_metadata, metadata_tensor
@@ -443,8 +444,8 @@ class DiffusionSatControlNetPipeline(DiffusionSatPipeline):
         keep = 1 - mask.repeat_interleave(rep, dim=0).to(device=device, dtype=latents.dtype)
         if self.vae is not None:  # a latent is "known" only where every pixel it covers is known
             keep = -F.max_pool2d(-keep, self.vae_scale_factor)
-        noise = torch.randn(known.shape, generator=generator[0] if isinstance(generator, list) else generator,
-                            device=known.device, dtype=known.dtype)
+        noise = randn_tensor(known.shape, generator=generator[0] if isinstance(generator, list) else generator,
+                             device=known.device, dtype=known.dtype)
 
         def after_step(i: int, t: torch.Tensor, lat: torch.Tensor) -> torch.Tensor:
             nxt = timesteps[i + 1] if i + 1 < len(timesteps) else None
