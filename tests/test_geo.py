@@ -121,3 +121,14 @@ def test_chip_metadata_centre_and_gsd_match_independent_computation(shared_data,
     with rasterio.open(shared_data / rel) as src:
         native = geo.gsd_metres(src.crs, src.transform, ref_lon, ref_lat)
     assert chip.metadata.gsd == pytest.approx(native * 2)  # resized to half: pixels twice as large
+
+
+def test_write_geotiff_like_crs_without_epsg(shared_data, tmp_path):
+    ref = shared_data / "geotiff-samples/rgb1.tif"
+    out = geo.write_geotiff_like(tmp_path / "o.tif", np.ones((50, 50, 3), np.uint8), ref, window=(10, 20, 100, 100),
+                                 nodata=0)
+    with rasterio.open(ref) as src, rasterio.open(out) as dst:
+        assert geo.as_crs(dst.crs) == geo.as_crs(src.crs) and dst.crs.to_epsg() is None
+        assert tuple(dst.bounds) == pytest.approx(
+            rasterio.windows.bounds(rasterio.windows.Window(10, 20, 100, 100), src.transform))
+        assert dst.nodata == 0
