@@ -156,7 +156,7 @@ def test_two_process_cpu_run_equals_one_process_with_double_batch(shared_data, t
 def test_dropout_rates_are_honoured():
     cfg = load_config(overrides={"caption_dropout": 0.3, "metadata_dropout": 0.1,
                                  "metadata_dropout_fields": {"lat": 0.5, "year": 0.0}})
-    _, timesteps, drop_caption, drop_md = draw_sample_randomness(cfg, list(range(4000)), 0, (1, 1, 1), 1000)
+    _, timesteps, drop_caption, drop_md, _ = draw_sample_randomness(cfg, list(range(4000)), 0, (1, 1, 1), 1000)
     assert abs(drop_caption.float().mean().item() - 0.3) < 0.03
     rates = drop_md.float().mean(0)
     expected = [0.5 if f == "lat" else 0.0 if f == "year" else 0.1 for f in METADATA_FIELDS]
@@ -167,6 +167,18 @@ def test_dropout_rates_are_honoured():
     again = draw_sample_randomness(cfg, [5, 7], 0, (2, 2, 2), 1000)
     first = draw_sample_randomness(cfg, list(range(8)), 0, (2, 2, 2), 1000)
     torch.testing.assert_close(again[0], first[0][[5, 7]])
+
+
+def test_augmentation_symmetries_are_the_dihedral_group():
+    from diffusionsat.training.trainer import apply_symmetry
+
+    image = torch.arange(16.0).reshape(1, 1, 4, 4)
+    variants = {tuple(apply_symmetry(image, torch.tensor([s]))[0].flatten().tolist()) for s in range(8)}
+    assert len(variants) == 8
+    assert torch.equal(apply_symmetry(image, torch.tensor([0])), image)
+    cfg = load_config(overrides={"augment": True})
+    symmetry = draw_sample_randomness(cfg, list(range(800)), 0, (1, 1, 1), 1000)[4]
+    assert set(symmetry.tolist()) == set(range(8))
 
 
 def test_config_errors_are_clear(tmp_path, capsys):

@@ -58,6 +58,8 @@ class TrainConfig:
     caption_dropout: float = 0.1
     metadata_dropout: float = 0.1
     metadata_dropout_fields: dict[str, float] = field(default_factory=dict)
+    # random flips/90° rotations (overhead imagery has no "up"); drawn per sample, resume-safe
+    augment: bool = False
     # latent models
     precompute_latents: bool = False
     # bookkeeping

@@ -100,9 +100,10 @@ def draw_sample_randomness(cfg: TrainConfig, sample_ids: Sequence[int | str], ep
                            shape: tuple[int, ...], num_timesteps: int):
     """Noise, timestep, caption-dropout and per-field metadata-dropout decisions of each sample.
 
-    Returns ``(noise (B, *shape), timesteps (B,), drop_caption (B,) bool, drop_metadata (B, 7) bool)``.
+    Returns ``(noise (B, *shape), timesteps (B,), drop_caption (B,) bool, drop_metadata (B, 7) bool,
+    symmetry (B,) int in [0, 8))`` — the symmetry indexes a flip/rotation (0 = identity).
     """
-    noise, timesteps, drop_caption, drop_md = [], [], [], []
+    noise, timesteps, drop_caption, drop_md, symmetry = [], [], [], [], []
     p_md = torch.tensor(cfg.field_dropout())
     for sample_id in sample_ids:
         g = sample_generator(cfg.seed, epoch, sample_id)
@@ -110,7 +111,17 @@ def draw_sample_randomness(cfg: TrainConfig, sample_ids: Sequence[int | str], ep
         timesteps.append(torch.randint(0, num_timesteps, (1,), generator=g))
         drop_caption.append(torch.rand(1, generator=g) < cfg.caption_dropout)
         drop_md.append(torch.rand(len(METADATA_FIELDS), generator=g) < p_md)
-    return torch.stack(noise), torch.cat(timesteps), torch.cat(drop_caption), torch.stack(drop_md)
+        symmetry.append(torch.randint(0, 8, (1,), generator=g) if cfg.augment else torch.zeros(1, dtype=torch.long))
+    return torch.stack(noise), torch.cat(timesteps), torch.cat(drop_caption), torch.stack(drop_md), torch.cat(symmetry)
+
+
+def apply_symmetry(images: torch.Tensor, symmetry: torch.Tensor) -> torch.Tensor:
+    """Apply one of the 8 dihedral symmetries per image: k = s % 4 quarter turns, mirrored if s >= 4."""
+    out = []
+    for image, s in zip(images, symmetry.tolist()):
+        image = torch.rot90(image, s % 4, dims=(-2, -1))
+        out.append(torch.flip(image, dims=(-1,)) if s >= 4 else image)
+    return torch.stack(out)
 
 
 class Trainer:
@@ -190,11 +201,16 @@ class Trainer:
     def compute_loss(self, batch: dict[str, Any], epoch: int) -> torch.Tensor:
         device = self.accelerator.device
         pixels = batch["pixel_values"].to(device)
-        latents = self._encode(pixels, batch["sample_id"])
+        shape = tuple(pixels.shape[1:]) if self.vae is None else self._latent_shape(pixels)
         num_t = self.noise_scheduler.config.num_train_timesteps
-        noise, timesteps, drop_caption, drop_md = draw_sample_randomness(
-            self.cfg, batch["sample_id"], epoch, tuple(latents.shape[1:]), num_t
+        noise, timesteps, drop_caption, drop_md, symmetry = draw_sample_randomness(
+            self.cfg, batch["sample_id"], epoch, shape, num_t
         )
+        if self.cfg.augment:
+            if self._latent_cache is not None:
+                raise ValueError("augment and precompute_latents exclude each other (cached latents are unaugmented)")
+            pixels = apply_symmetry(pixels, symmetry)
+        latents = self._encode(pixels, batch["sample_id"])
         noise, timesteps = noise.to(device, latents.dtype), timesteps.to(device)
 
         captions = ["" if drop else c for c, drop in zip(batch["caption"], drop_caption.tolist())]
@@ -225,6 +241,10 @@ class Trainer:
         if self.noise_scheduler.config.prediction_type == "v_prediction":
             return clipped / (snr + 1)
         return clipped / snr
+
+    def _latent_shape(self, pixels: torch.Tensor) -> tuple[int, ...]:
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return (self.vae.config.latent_channels, pixels.shape[-2] // factor, pixels.shape[-1] // factor)
 
     def _encode(self, pixels: torch.Tensor, sample_ids: list) -> torch.Tensor:
         """Pixels → model space; with ``precompute_latents`` each sample is encoded once (mode)."""

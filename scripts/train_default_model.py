@@ -1,0 +1,117 @@
+"""Train the embedded default model on the real imagery in ../shared/data (issue: default model).
+
+Every usable RGB(+NIR) raster is cut into 64-px chips at two scales (native GSD and 2× coarser),
+with metadata read from the raster (centre lat/lon, GSD, date from the file name) and automatic
+captions (country, sensor, scale, season, land cover from NIR where present). Held out, never
+trained on: NAIP 2019-09-04, Landsat 2015, Sentinel-2 reference scene 4.
+
+    python scripts/train_default_model.py --out runs/default-model            # fresh or resumed
+    python scripts/train_default_model.py --out runs/default-model --export   # checkpoint → model
+
+Runs resume from the latest checkpoint, so several runs of at most two hours each add up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch.utils.data import ConcatDataset, Dataset
+
+from diffusionsat.data.geotiff import GeoTiffChips
+from diffusionsat.data.transforms import SelectBands
+from diffusionsat.training import Trainer, load_config
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+RESOLUTION = 64
+
+
+@dataclass(frozen=True)
+class Source:
+    """One group of rasters: which bands to read, how to name the sensor, and what is held out."""
+
+    pattern: str
+    sensor: str
+    bands: str | None = None
+    band_names: str | None = None
+    rgb: tuple[int, ...] = (0, 1, 2)
+    date_pattern: str | None = None
+    holdout: tuple[str, ...] = ()
+    scales: tuple[int, ...] = (64, 128)
+
+
+SOURCES = [
+    Source("naip-timeseries/*.tif", "NAIP aerial", band_names="red,green,blue,nir", date_pattern="*_{YYYYMMDD}.tif",
+           holdout=("m_4709963_se_14_1_20190904.tif",)),
+    Source("landsat-timeseries/*.tif", "Landsat false colour", date_pattern="{YYYY}.tif", holdout=("2015.tif",)),
+    Source("planetscope-like/rgbn.tif", "PlanetScope-like", band_names="red,green,blue,nir"),
+    Source("spacenet-samples/rgb_unmasked.tif", "WorldView"),
+    Source("sentinel2-slovenia/reference_scene_*.tif", "Sentinel-2", bands="B04,B03,B02,B08",
+           holdout=("reference_scene_4.tif",), scales=(64,)),
+    Source("geotiff-samples/RGB.byte.tif", "Landsat 7"),
+]
+
+
+def split_files(source: Source, root: Path) -> tuple[list[Path], list[Path]]:
+    files = sorted(root.glob(source.pattern))
+    train = [f for f in files if f.name not in source.holdout]
+    held = [f for f in files if f.name in source.holdout]
+    return train, held
+
+
+def build(root: Path, held_out: bool = False) -> Dataset:
+    """The training chips (or, with ``held_out``, the evaluation chips) of every source."""
+    parts = []
+    for source in SOURCES:
+        train, held = split_files(source, root)
+        files = held if held_out else train
+        if not files:
+            continue
+        for scale in source.scales:
+            parts.append(GeoTiffChips(
+                files, chip_size=scale, stride=scale if scale > 64 else 48, resize_to=RESOLUTION,
+                bands=source.bands, band_names=source.band_names, date_pattern=source.date_pattern, sensor=source.sensor, max_nodata=0.05,
+                transform=SelectBands(source.rgb), on_error="skip",
+            ))
+    return ConcatDataset([p for p in parts if len(p)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/default-model")
+    parser.add_argument("--data", default=str(SHARED))
+    parser.add_argument("--max-steps", type=int, default=30000)
+    parser.add_argument("--export", action="store_true", help="write out/model from the latest checkpoint and stop")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO)
+
+    dataset = build(Path(args.data))
+    cfg = load_config(overrides={
+        "preset": "small", "output_dir": args.out, "batch_size": 8, "learning_rate": 3e-4,
+        "lr_scheduler": "constant_with_warmup", "lr_warmup_steps": 200, "max_steps": args.max_steps,
+        "ema_decay": 0.999, "caption_dropout": 0.1, "metadata_dropout": 0.1, "augment": True,
+        "checkpoint_every": 200, "keep_checkpoints": 2, "validate_every": 1000, "validation_steps": 25,
+        "validation_prompts": ["a satellite image in United States of America at 5 m resolution",
+                               "a satellite image in Peru at 89 m resolution"],
+        "validation_metadata": [{"lat": 47.0, "lon": -99.2, "gsd": 5, "date": "2016-07-15"},
+                                {"lat": 47.0, "lon": -99.2, "gsd": 5, "date": "2016-01-15"},
+                                {"lat": -8.4, "lon": -74.4, "gsd": 89, "date": "2000"}],
+        "report_to": "tensorboard", "seed": 0,
+    })
+    logging.info("%d training chips", len(dataset))
+    trainer = Trainer(cfg, dataset)
+    if args.export:
+        from diffusionsat.training.trainer import list_checkpoints
+
+        latest = list_checkpoints(args.out)
+        if not latest:
+            raise SystemExit(f"no checkpoint in {args.out}")
+        cfg.max_steps = int(latest[-1].name.split("-")[1])
+    final = trainer.train(resume="latest")
+    logging.info("model in %s (step %d)", final, trainer.state.global_step)
+
+
+if __name__ == "__main__":
+    main()
