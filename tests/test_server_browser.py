@@ -221,7 +221,7 @@ def test_task_tabs_build_frames_and_a_one_band_mask(browser, live_server, tmp_pa
 
     page.click("[role=tab][data-task=inpaint]")
     page.set_input_files("#ip-image", str(picture))
-    overlay = page.locator("#ip-overlay")
+    overlay = page.locator("#ip-canvas")
     overlay.wait_for()
     box = overlay.bounding_box()
     page.mouse.move(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.5)
@@ -256,4 +256,43 @@ def test_token_is_asked_for_and_sent_with_every_request(browser, model_dir, tmp_
         saved = tmp_path / "sidecar.json"
         info.value.save_as(saved)
         assert json.loads(saved.read_text())["steps"] == 2
+        page.close()
+
+
+def test_inpaint_tab_runs_a_job_with_the_painted_mask(browser, model_dir, tmp_path):
+    import numpy as np
+
+    from diffusionsat.models.controlnet import SatControlNet
+    from diffusionsat.models.sat_unet import SatUNet
+
+    folder = tmp_path / "inpaint-model"
+    shutil.copytree(model_dir, folder)
+    SatControlNet.from_unet(SatUNet.from_pretrained(folder / "unet"), conditioning_channels=4).save_pretrained(
+        folder / "controlnet_inpaint")
+    scene = np.random.default_rng(1).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    picture = tmp_path / "scene.png"
+    PIL.Image.fromarray(scene).save(picture)
+    with serving(create_app(folder, output_dir=tmp_path / "out")) as url:
+        page = browser.new_page(viewport={"width": 1200, "height": 900}, accept_downloads=True)
+        page.goto(url + "/")
+        sync_api.expect(page.locator("#model-info")).to_contain_text("inpaint-model")
+        page.click("[role=tab][data-task=inpaint]")
+        assert page.locator("#unavailable").is_hidden() and page.locator("#run").is_enabled()
+        page.set_input_files("#ip-image", str(picture))
+        box = page.locator("#ip-canvas").bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.5)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5)
+        page.mouse.up()
+        page.fill("#steps", "2")
+        page.click("#run")
+        image = page.locator(".card img").first
+        sync_api.expect(image).to_have_js_property("naturalWidth", 16, timeout=60_000)
+        shot(page, "inpaint.png")
+        with page.expect_download() as info:
+            page.locator(".card button[data-kind=png]").first.click()
+        saved = tmp_path / "filled.png"
+        info.value.save_as(saved)
+        out = np.asarray(PIL.Image.open(saved).convert("RGB"))
+        assert np.array_equal(out[:, 10:], scene[:, 10:])  # far from the painted stroke: untouched
         page.close()

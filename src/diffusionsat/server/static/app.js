@@ -152,6 +152,7 @@ function selectTask(task) {
   document.querySelectorAll(".tabpanel").forEach((panel) => { panel.hidden = panel.dataset.task !== task; });
   $("run").textContent = RUN_LABELS[task];
   $("size").closest("label").hidden = task !== "generate";
+  $("bands-label").hidden = task === "generate";
   showAvailability();
 }
 
@@ -200,6 +201,7 @@ async function submit() {
   for (const [key, value] of Object.entries(fields)) {
     form.append(key, key === "metadata" ? JSON.stringify(value) : String(value));
   }
+  if ($("bands").value.trim()) form.append("bands", $("bands").value.trim());
   if (state.task === "superres") {
     requireFile("sr-image", "choose a low-resolution image");
     form.append("image", $("sr-image").files[0]);
@@ -226,7 +228,7 @@ const FIELD_INPUTS = {
   "metadata.date": "date", "metadata.year": "date", "metadata.month": "date", "metadata.day": "date",
   prompt: "prompt", seed: "seed", steps: "steps", guidance_scale: "guidance", num_images: "num-images",
   width: "size", height: "size", scheduler: "scheduler", image: "sr-image", scale: "sr-scale",
-  frames: "tp-frames", mask: "ip-mask",
+  frames: "tp-frames", mask: "ip-mask", bands: "bands",
 };
 
 function showError(error) {
@@ -372,37 +374,58 @@ function listFrames() {
   });
 }
 
+// The painted mask lives in an off-screen canvas; the visible canvas shows the image with it on top.
+const inpaint = { bitmap: null, mask: document.createElement("canvas"), last: null };
+
 async function loadInpaintImage() {
   const file = $("ip-image").files[0];
   $("ip-draw").hidden = true;
+  inpaint.bitmap = null;
   if (!file || !file.type.includes("png")) return; // GeoTIFFs: the browser cannot show them; upload a mask
-  const bitmap = await createImageBitmap(file);
-  for (const id of ["ip-canvas", "ip-overlay"]) {
-    $(id).width = bitmap.width;
-    $(id).height = bitmap.height;
+  inpaint.bitmap = await createImageBitmap(file);
+  for (const canvas of [$("ip-canvas"), inpaint.mask]) {
+    canvas.width = inpaint.bitmap.width;
+    canvas.height = inpaint.bitmap.height;
   }
-  $("ip-canvas").getContext("2d").drawImage(bitmap, 0, 0);
-  $("ip-overlay").getContext("2d").clearRect(0, 0, bitmap.width, bitmap.height);
+  redrawInpaint();
   $("ip-draw").hidden = false;
 }
 
+function redrawInpaint() {
+  const ctx = $("ip-canvas").getContext("2d");
+  ctx.drawImage(inpaint.bitmap, 0, 0);
+  ctx.drawImage(inpaint.mask, 0, 0);
+}
+
 function paint(event) {
-  if (!(event.buttons & 1)) return;
-  const canvas = $("ip-overlay");
+  if (!(event.buttons & 1) || !inpaint.bitmap) {
+    inpaint.last = null;
+    return;
+  }
+  const canvas = $("ip-canvas");
   const box = canvas.getBoundingClientRect();
   const x = ((event.clientX - box.left) / box.width) * canvas.width;
   const y = ((event.clientY - box.top) / box.height) * canvas.height;
-  const ctx = canvas.getContext("2d");
-  ctx.fillStyle = "rgba(230, 40, 40, 0.6)";
-  ctx.beginPath();
-  ctx.arc(x, y, Math.max(1, canvas.width / 24), 0, 2 * Math.PI);
-  ctx.fill();
+  const from = event.type === "pointerdown" || !inpaint.last ? { x, y } : inpaint.last;
+  inpaint.last = { x, y };
+  // Whole image pixels along the stroke, so what is painted is exactly the mask that is sent.
+  const r = Math.floor(Math.max(canvas.width, canvas.height) / 32);
+  const ctx = inpaint.mask.getContext("2d");
+  ctx.fillStyle = "rgba(230, 40, 40, 0.65)";
+  const steps = Math.max(1, Math.ceil(2 * Math.hypot(x - from.x, y - from.y)));
+  for (let i = 0; i <= steps; i++) {
+    const px = Math.floor(from.x + ((x - from.x) * i) / steps) - r;
+    const py = Math.floor(from.y + ((y - from.y) * i) / steps) - r;
+    ctx.clearRect(px, py, 2 * r + 1, 2 * r + 1);
+    ctx.fillRect(px, py, 2 * r + 1, 2 * r + 1);
+  }
+  redrawInpaint();
 }
 
 // The server wants a 1-band mask: encode the painted overlay as an 8-bit greyscale PNG.
 async function drawnMask() {
-  const canvas = $("ip-overlay");
-  if (!canvas.width) throw new ApiError("upload a mask or paint one on a PNG image", "mask");
+  const canvas = inpaint.mask;
+  if (!inpaint.bitmap) throw new ApiError("upload a mask or paint one on a PNG image", "ip-mask");
   const { width, height } = canvas;
   const rgba = canvas.getContext("2d").getImageData(0, 0, width, height).data;
   const raw = new Uint8Array((width + 1) * height);
@@ -478,11 +501,11 @@ function init() {
   $("cancel").addEventListener("click", cancel);
   $("tp-frames").addEventListener("change", listFrames);
   $("ip-image").addEventListener("change", () => loadInpaintImage().catch(showError));
-  $("ip-overlay").addEventListener("pointerdown", paint);
-  $("ip-overlay").addEventListener("pointermove", paint);
+  $("ip-canvas").addEventListener("pointerdown", paint);
+  $("ip-canvas").addEventListener("pointermove", paint);
   $("ip-clear").addEventListener("click", () => {
-    const c = $("ip-overlay");
-    c.getContext("2d").clearRect(0, 0, c.width, c.height);
+    inpaint.mask.getContext("2d").clearRect(0, 0, inpaint.mask.width, inpaint.mask.height);
+    if (inpaint.bitmap) redrawInpaint();
   });
   $("token").value = state.token;
   $("token-save").addEventListener("click", () => {
