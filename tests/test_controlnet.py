@@ -283,6 +283,10 @@ def test_new_task_controlnets_and_per_task_subfolders(tiny_pipeline, tmp_path):
         new_task_controlnet(unet, "superres")
     with pytest.raises(ValueError, match="choose one of"):
         new_task_controlnet(unet, "segment")
+    from diffusionsat.pipelines.pipeline_controlnet import build_task_pipeline
+
+    tiny_sr = build_task_pipeline("tiny", ["a river"], "superres", conditioning_channels=13)
+    assert tiny_sr.controlnet.config.conditioning_channels == 13 and tiny_sr.size_multiple == 2
     # one model folder serving two tasks: controlnet_<task>/ is preferred over controlnet/
     tiny_pipeline.save_pretrained(tmp_path / "multi")
     temporal.save_pretrained(tmp_path / "multi" / "controlnet_temporal")

@@ -163,8 +163,10 @@ def test_inpaint_returns_unmasked_pixels_bit_exactly(models, shared_data, tmp_pa
         dst.write(fill[None])
     out = tmp_path / "filled.png"
     code = main(["inpaint", str(image), "--mask", str(tmp_path / "mask.tif"), "--window", "400,300,16,16",
-                 "--bands", "1,2,3", "--model", str(models["inpaint"]), "--out", str(out), *FAST])
+                 "--bands", "1,2,3", "--model", str(models["inpaint"]), "--out", str(out), *FAST, "--steps", "3",
+                 "--scheduler", "euler"])
     assert code == 0
+    assert sidecar(out)["scheduler"] == "euler"
     with rasterio.open(out.with_suffix(".tif")) as dst:
         result = np.moveaxis(dst.read(), 0, -1)
         assert dst.transform == profile["transform"] and dst.crs == profile["crs"]

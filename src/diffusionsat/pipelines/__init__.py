@@ -2,6 +2,7 @@
 
 from .pipeline_controlnet import (
     DiffusionSatControlNetPipeline,
+    build_task_pipeline,
     controlnet_noise_pred,
     load_controlnet_pipeline,
     new_task_controlnet,
@@ -13,6 +14,7 @@ __all__ = [
     "DiffusionSatPipelineOutput",
     "DiffusionSatControlNetPipeline",
     "controlnet_noise_pred",
+    "build_task_pipeline",
     "load_controlnet_pipeline",
     "new_task_controlnet",
 ]

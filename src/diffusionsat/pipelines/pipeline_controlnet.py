@@ -548,3 +548,20 @@ def new_task_controlnet(
     default = unet.config.out_channels + 1 if task == "inpaint" else 3
     return SatControlNet.from_unet(unet, conditioning_channels=conditioning_channels or default,
                                    conditioning_downsample_factor=vae_scale_factor, conditioning_bands=conditioning_bands)
+
+
+def build_task_pipeline(
+    preset: str,
+    captions: Sequence[str],
+    task: str,
+    conditioning_channels: int | None = None,
+    max_frames: int = 3,
+    seed: int = 0,
+) -> DiffusionSatControlNetPipeline:
+    """A randomly initialised task pipeline of a model preset (``"tiny"`` for tests and demos)."""
+    from ..models.presets import build_pipeline
+
+    base = build_pipeline(preset, captions, seed=seed)
+    controlnet = new_task_controlnet(base.unet, task, conditioning_channels=conditioning_channels,
+                                     vae_scale_factor=base.vae_scale_factor, max_frames=max_frames)
+    return DiffusionSatControlNetPipeline(**base.components, controlnet=controlnet)
