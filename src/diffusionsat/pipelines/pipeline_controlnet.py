@@ -329,6 +329,11 @@ class DiffusionSatControlNetPipeline(DiffusionSatPipeline):
         width = width or (ref.shape[-1] if ref is not None else probe.shape[-1] * self.vae_scale_factor // self.controlnet.config.conditioning_downsample_factor)
         self.check_inputs(prompt, height, width, num_inference_steps, guidance_scale, num_images_per_prompt)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if inpaint:
+            if image.shape[0] not in (1, len(prompts)):
+                raise ValueError(f"got {image.shape[0]} images to in-paint for {len(prompts)} prompts")
+            image = image.expand(len(prompts), -1, -1, -1)
+            mask = mask.expand(len(prompts), -1, -1, -1)
         device = self._execution_device
         do_cfg = guidance_scale > 1.0
         three_branch = do_cfg and metadata_guidance_scale is not None and self.uses_metadata
