@@ -120,13 +120,65 @@ def test_evaluate_bad_inputs_exit_2(tiny_model_dir, heldout, tmp_path, capsys):
     assert "nope.pt" in err and "nothing is downloaded" in err
     assert main(["evaluate", "--task", "superres", "--model", str(tiny_model_dir), "--data", str(heldout),
                  "--out", str(out)]) == 2
-    assert "--generated" in capsys.readouterr().err
+    assert "ControlNet" in capsys.readouterr().err  # a base model without a task ControlNet
     assert main(["evaluate", "--task", "generate", "--data", str(tmp_path / "missing"), "--out", str(out),
                  "--model", str(tiny_model_dir)]) == 2
     (out).mkdir()
     (out / "report.json").write_text("{}")
     assert main(args + ["--model", str(tiny_model_dir)]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+@pytest.fixture
+def task_models(tiny_pipeline, tmp_path):
+    """Tiny task models: the tiny base + a fresh ControlNet for superres (3 bands) and inpaint (3 + mask)."""
+    from diffusionsat.models.controlnet import SatControlNet
+
+    folders = {}
+    for task, channels in (("superres", 3), ("inpaint", 4)):
+        folder = tmp_path / f"{task}-model"
+        tiny_pipeline.save_pretrained(folder)
+        SatControlNet.from_unet(tiny_pipeline.unet, conditioning_channels=channels).save_pretrained(folder / "controlnet")
+        folders[task] = folder
+    return folders
+
+
+@pytest.mark.shared_data
+def test_evaluate_runs_task_models(shared_data, task_models, tmp_path):
+    """--model with superres/inpaint runs the ControlNet pipeline on each record's inputs."""
+    data = tmp_path / "sr-data"
+    export_eval_set(shared_data, data, per_source=1, size=32, scenes=("naip-prairie",), seed=9)
+    (data / "lowres").mkdir()
+    for png in sorted(data.glob("*.png"))[:4]:
+        low = PIL.Image.open(png).resize((8, 8), PIL.Image.BICUBIC)
+        low.save(data / "lowres" / png.name)
+        meta = json.loads(png.with_suffix(".json").read_text())
+        meta["condition"] = [f"lowres/{png.name}"]
+        png.with_suffix(".json").write_text(json.dumps(meta))
+    for png in sorted(data.glob("*.png"))[4:]:
+        png.unlink()
+        png.with_suffix(".json").unlink()
+    out = tmp_path / "eval-sr"
+    assert main(["evaluate", "--task", "superres", "--model", str(task_models["superres"]), "--data", str(data),
+                 "--out", str(out), "--steps", "1", "--bootstrap", "0"]) == 0
+    report = _report(out)
+    assert report["image_size"] == [32, 32] and report["num_records"] == 4
+    assert {"model", "bicubic", "real-vs-real"} <= set(report["metrics"]["psnr"]["rows"])
+    sidecar = json.loads(next((out / "generated-model").glob("*.json")).read_text())
+    assert sidecar["task"] == "superres" and sidecar["scale"] == 4 and sidecar["width"] == 32
+
+    out = tmp_path / "eval-inpaint"
+    assert main(["evaluate", "--task", "inpaint", "--model", str(task_models["inpaint"]), "--data", str(data),
+                 "--out", str(out), "--steps", "1", "--bootstrap", "0", "--num-samples", "3"]) == 0
+    report = _report(out)
+    assert "mean-fill" in report["metrics"]["ssim"]["rows"]
+    # Unmasked pixels come back exactly: outside the central square the model equals the reference.
+    gen = sorted((out / "generated-model").glob("*.png"))[0]
+    ref = np.asarray(PIL.Image.open(data / gen.name), dtype=np.int16)
+    got = np.asarray(PIL.Image.open(gen), dtype=np.int16)
+    keep = np.ones((32, 32), bool)
+    keep[8:24, 8:24] = False
+    assert np.array_equal(got[keep], ref[keep])
 
 
 def test_manifest_and_sidecar_errors_name_the_record(tmp_path):

@@ -157,11 +157,12 @@ def test_report_with_all_networks_given(shared_data, tmp_path, clip_dir, no_netw
         PIL.Image.fromarray(out).save(gen / png.name)
     report_dir = tmp_path / "eval"
     assert main(["evaluate", "--task", "generate", "--generated", str(gen), "--data", str(data), "--out",
-                 str(report_dir), "--inception", str(inception), "--clip", str(clip_dir), "--bootstrap", "2"]) == 0
+                 str(report_dir), "--inception", str(inception), "--clip", str(clip_dir), "--bootstrap", "2",
+                 "--num-samples", "6"]) == 0
     report = json.loads((report_dir / "report.json").read_text())
     assert report["networks"]["inception"]["available"] and report["networks"]["clip"]["available"]
     for metric in ("fid", "kid", "is", "clip_score"):
         rows = report["metrics"][metric]["rows"]
         assert all(r["value"] is not None for r in rows.values()), metric
     # Generated rows read the condition from the real record when the image has no sidecar.
-    assert report["metrics"]["season_accuracy"]["rows"]["model"]["n"] == 9
+    assert report["metrics"]["season_accuracy"]["rows"]["model"]["n"] == 6

@@ -16,6 +16,7 @@ The algorithm, step by step (see :func:`evaluate`):
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from .baselines import bicubic_upsample, blur_noise, centre_mask, mean_fill, per
 from .dataset import (
     EvalRecord,
     at_size,
+    image_size,
     load_records,
     load_stack,
     match_generated,
@@ -93,11 +95,6 @@ class EvaluationConfig:
             raise ValueError("give --model (to generate) or --generated DIR (images already generated)")
         if self.generated is not None and not Path(self.generated).is_dir():
             raise FileNotFoundError(f"--generated {str(self.generated)!r} is not a folder")
-        if self.generated is None and self.task in PAIRED_TASKS:
-            raise ValueError(
-                f"task {self.task!r}: pass the images made by `diffusionsat {self.task}` with --generated DIR "
-                "(evaluate runs only the text+metadata pipeline itself)"
-            )
         if self.compare is not None and not Path(self.compare).exists():
             raise FileNotFoundError(f"--compare {str(self.compare)!r} does not exist")
         if self.num_samples is not None and self.num_samples < 2:
@@ -200,6 +197,70 @@ def generate_for_records(
         )
         paths = OutputPaths(png=out_dir / f"{rec.key}.png", sidecar=out_dir / f"{rec.key}.json")
         save_generated(images[0], paths, record, model_version=version, overwrite=overwrite)
+    return out_dir
+
+
+def _frame_date(path: Path) -> str | None:
+    """A conditioning frame's date from its sidecar (``{frame}.json``), if it has one."""
+    sidecar = path.with_suffix(".json")
+    if not sidecar.is_file():
+        return None
+    from .dataset import record_from_dict
+
+    frame = record_from_dict(json.loads(sidecar.read_text(encoding="utf-8")), path, path.stem, path.parent)
+    return frame.metadata.date_string()
+
+
+def generate_conditional_for_records(
+    model: str, task: str, records: list[EvalRecord], out_dir: Path, *, seed: int, steps: int, guidance_scale: float,
+    device: str, overwrite: bool,
+) -> Path:
+    """Run a task model (base model + ControlNet) on each record's inputs, as the task commands do.
+
+    superres: ``condition`` = the low-res input(s), upscaled to the reference's width; temporal:
+    ``condition`` = the frames (dates from their GeoTIFF/file name or sidecar), target date = the
+    record's date; inpaint: the reference image with its ``mask`` (or the central square) filled.
+    """
+    from ..conditional import inpaint_raster, predict_temporal, read_input, save_task_result, superresolve
+    from ..loading import model_version, resolve_model
+    from ..outputs import OutputPaths
+    from ..pipelines.pipeline_controlnet import load_controlnet_pipeline
+    from ..schedulers import scheduler_name
+
+    location = resolve_model(model)
+    pipe = load_controlnet_pipeline(location, device=device, task=task)
+    pipe.set_progress_bar_config(disable=True)
+    version = model_version(location) if Path(location).exists() else None
+    sampling = {"num_inference_steps": steps, "guidance_scale": guidance_scale}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i, rec in enumerate(tqdm(records, desc=f"{task} with {Path(model).name}")):
+        if task == "inpaint":
+            image = read_input(rec.image)
+            mask = (read_mask(rec.mask)[0] if rec.mask else centre_mask(read_image(rec.image)[None])[0, 0]) > 0.5
+            result = inpaint_raster(pipe, image, mask.numpy(), prompt=rec.caption, seed=seed + i, **sampling)
+        else:
+            if not rec.condition:
+                raise ValueError(f"record {rec.key!r}: task {task} needs its input images in 'condition'")
+            inputs = [read_input(p, date=_frame_date(p)) for p in rec.condition]
+            if task == "superres":
+                width = image_size(rec.image)[1]
+                if width % inputs[0].width:
+                    raise ValueError(f"record {rec.key!r}: reference width {width} px is not a multiple of the "
+                                     f"low-res width {inputs[0].width} px")
+                result = superresolve(pipe, inputs, scale=width // inputs[0].width, prompt=rec.caption,
+                                      metadata=rec.metadata, seed=seed + i, **sampling)
+            else:
+                target_date = rec.metadata.date_string()
+                if target_date is None:
+                    raise ValueError(f"record {rec.key!r}: temporal prediction needs the record's date")
+                result = predict_temporal(pipe, inputs, target_date=target_date, prompt=rec.caption,
+                                          metadata=rec.metadata, seed=seed + i, **sampling)
+        result.extra.update({"scene": rec.scene, "eval_key": rec.key})
+        save_task_result(
+            result, OutputPaths(png=out_dir / f"{rec.key}.png", sidecar=out_dir / f"{rec.key}.json"), task=task,
+            prompt=rec.caption, steps=steps, guidance_scale=guidance_scale, scheduler=scheduler_name(pipe.scheduler),
+            model=Path(location).name, model_version=version, overwrite=overwrite,
+        )
     return out_dir
 
 
@@ -446,8 +507,7 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
 
     # 1. inputs
     config.validate()
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(config.out)  # created by the first file written, so a failed check leaves nothing behind
 
     # 2. real records
     records = select_records(load_records(config.data), config.num_samples, config.seed)
@@ -462,12 +522,13 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     for role_name, source in sources:
         assert source is not None
         if is_model_folder(source) or (role_name == "model" and config.generated is None):
+            options = {"seed": config.seed, "steps": config.steps, "guidance_scale": config.guidance_scale,
+                       "device": config.device, "overwrite": config.overwrite}
+            target = out / f"generated-{role_name}"
             if config.task in PAIRED_TASKS:
-                raise ValueError(f"task {config.task!r}: {role_name} {str(source)!r} is a model; pass its generated images")
-            folder = generate_for_records(
-                str(source), records, out / f"generated-{role_name}", seed=config.seed, steps=config.steps,
-                guidance_scale=config.guidance_scale, size=config.size, device=config.device, overwrite=config.overwrite,
-            )
+                folder = generate_conditional_for_records(str(source), config.task, records, target, **options)
+            else:
+                folder = generate_for_records(str(source), records, target, size=config.size, **options)
             folders.append((role_name, folder, str(source)))
         else:
             folders.append((role_name, Path(source), str(source)))
