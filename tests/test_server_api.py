@@ -271,6 +271,8 @@ def test_only_loopback_binds_without_token(host, loopback):
 def test_cli_refuses_public_bind_without_token_and_missing_model(capsys, tmp_path):
     assert cli_main(["serve", "--host", "0.0.0.0"]) == 2
     assert "--token" in capsys.readouterr().err
+    assert cli_main(["serve", "--token", "short", "--model", str(tmp_path / "nope")]) == 2
+    assert "at least 8 characters" in capsys.readouterr().err  # refused before looking for the model
     assert cli_main(["serve", "--model", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
 

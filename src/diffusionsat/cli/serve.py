@@ -45,12 +45,12 @@ def serve(host, port, model, token, max_queue, workers, device, output_dir, job_
     try:
         import uvicorn
 
-        from ..server import InsecureBindError, check_bind, create_app
+        from ..server import check_bind, create_app
     except ModuleNotFoundError as err:
         raise InputError(f"the server needs the 'serve' extra: pip install 'diffusionsat[serve]' ({err.name} missing)") from None
     try:
         check_bind(host, token)  # before loading any model
-    except InsecureBindError as err:
+    except ValueError as err:  # InsecureBindError included
         raise InputError(str(err)) from None
     from ..loading import resolve_model
 

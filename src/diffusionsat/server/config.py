@@ -26,7 +26,9 @@ def is_loopback(host: str) -> bool:
 
 
 def check_bind(host: str, token: str | None) -> None:
-    """Refuse a non-loopback bind without ``--token`` (and explain why and how)."""
+    """Refuse a non-loopback bind without ``--token`` (and explain why and how), or a guessable token."""
+    if token is not None and len(token) < 8:
+        raise ValueError("token: must be at least 8 characters")
     if not is_loopback(host) and not token:
         raise InsecureBindError(
             f"binding to {host!r} exposes the server beyond this machine; pass --token TOKEN "
@@ -63,8 +65,6 @@ class ServerConfig:
 
     def validate(self) -> ServerConfig:
         check_bind(self.host, self.token)
-        if self.token is not None and len(self.token) < 8:
-            raise ValueError("token: must be at least 8 characters")
         if not 1 <= self.workers <= 64:
             raise ValueError(f"workers={self.workers!r}: out of range; allowed [1, 64]")
         if not 0 <= self.max_queue <= 10_000:

@@ -68,7 +68,7 @@ class JobResult:
 Work = Callable[[Any, "Job"], Sequence[JobResult]]
 
 
-@dataclass
+@dataclass(eq=False)  # a job is equal only to itself (queue lookups must not compare fields)
 class Job:
     """One unit of work and everything a client may ask about it."""
 
