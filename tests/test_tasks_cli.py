@@ -261,3 +261,20 @@ def test_convert_checkpoint_cli_builds_a_task_model(models, shared_data, tmp_pat
     args[args.index("--window") + 1] = "200,100,16,16"
     assert main(["temporal", *frames, *args]) == 0
     assert sidecar(tmp_path / "conv.png")["frame_dates"] == ["1985", "1990"]
+
+
+def test_inputs_must_share_band_count_and_grid(shared_data):
+    from diffusionsat.conditional import align_inputs, read_input
+
+    s2 = read_input(shared_data / "sentinel2-slovenia" / "reference_scene_0.tif", bands="B04,B03,B02", window=(0, 0, 8, 8))
+    other = read_input(shared_data / "sentinel2-slovenia" / "reference_scene_1.tif", bands="B04,B03", window=(0, 0, 8, 8))
+    with pytest.raises(ValueError, match="has 2 bands, input 1 .* 3"):
+        align_inputs([s2, other], reproject=False, what="input")
+    shifted = read_input(shared_data / "sentinel2-slovenia" / "reference_scene_1.tif", bands="B04,B03,B02",
+                         window=(1, 0, 8, 8))
+    with pytest.raises(ValueError, match="pass --reproject"):
+        align_inputs([s2, shifted], reproject=False, what="input")
+    aligned = align_inputs([s2, shifted], reproject=True, what="input")
+    assert aligned[1].transform == s2.transform and aligned[1].pixels.shape == s2.pixels.shape
+    # resampled onto the first grid, the shifted window's pixels move back by one column
+    np.testing.assert_allclose(aligned[1].pixels[:, :, 2:7], shifted.pixels[:, :, 1:6], atol=1e-5)

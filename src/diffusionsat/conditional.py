@@ -325,7 +325,8 @@ def predict_temporal(
     check_bands(pipe, frames)
     max_frames = pipe.controlnet.config.max_frames
     if len(frames) > max_frames:
-        raise ValueError(f"got {len(frames)} frames; this 3D ControlNet takes at most {max_frames}")
+        raise ValueError(f"got {len(frames)} frames; this 3D ControlNet takes at most {max_frames} "
+                         f"(give the {max_frames} closest to the target date)")
     order = sort_frames_by_date([f.metadata for f in frames])
     frames = [frames[i] for i in order]
     first = frames[0]
