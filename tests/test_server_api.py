@@ -140,6 +140,7 @@ def test_model_health_docs_and_page_are_local(model_dir, tmp_path):
         assert str(model_dir) not in json.dumps(model)  # no server paths leak
         health = client.get("/health")
         assert health.status_code == 200 and health.json()["status"] == "ok"
+        assert client.head("/health").status_code == 200 and client.head("/").status_code == 200
         assert health.json()["queue"] == {"workers": 1, "running": 0, "waiting": 0, "max_queue": 8}
 
         spec = client.get("/openapi.json").json()

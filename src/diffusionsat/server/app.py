@@ -503,7 +503,7 @@ def create_app(model: str | Path | None = None, *, pipeline: Any = None, config:
 
     app.include_router(api)
 
-    @app.get("/health", summary="Liveness and queue state (no authentication)")
+    @app.api_route("/health", methods=["GET", "HEAD"], summary="Liveness and queue state (no authentication)")
     async def health() -> JSONResponse:
         stats = queue.stats()
         status = 200 if stats["accepting"] else 503
@@ -511,11 +511,11 @@ def create_app(model: str | Path | None = None, *, pipeline: Any = None, config:
                              "queue": {k: stats[k] for k in ("workers", "running", "waiting", "max_queue")}},
                             status_code=status)
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
-    @app.get("/docs", include_in_schema=False)
+    @app.api_route("/docs", methods=["GET", "HEAD"], include_in_schema=False)
     async def docs() -> FileResponse:
         return FileResponse(STATIC_DIR / "docs.html", media_type="text/html")
 
