@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset, Subset
 
 from ..fileio import atomic_dir, atomic_path
 from ..metadata import METADATA_FIELDS, SatMetadata, as_metadata
@@ -124,6 +124,22 @@ def apply_symmetry(images: torch.Tensor, symmetry: torch.Tensor) -> torch.Tensor
     return torch.stack(out)
 
 
+def dataset_captions(dataset: Dataset) -> list[str]:
+    """All captions of a dataset (the tokenizer's vocabulary), without decoding pixels where the
+    dataset offers ``captions()`` — also through ``ConcatDataset`` and ``Subset``."""
+    captions = getattr(dataset, "captions", None)
+    if callable(captions):
+        return list(captions())
+    if isinstance(dataset, ConcatDataset):
+        return [c for part in dataset.datasets for c in dataset_captions(part)]
+    if isinstance(dataset, Subset):
+        inner = dataset_captions(dataset.dataset)
+        return [inner[i] for i in dataset.indices]
+    if isinstance(dataset, IterableDataset):  # streamed: the vocabulary of a large prefix
+        return [str(s.get("caption") or "") for s in itertools.islice(dataset, VOCAB_SCAN_SAMPLES)]
+    return [str(dataset[i].get("caption") or "") for i in range(len(dataset))]  # type: ignore[arg-type]
+
+
 class Trainer:
     """Train (or fine-tune) a :class:`DiffusionSatPipeline` on a dataset of dict samples.
 
@@ -170,12 +186,7 @@ class Trainer:
             )
 
     def _captions(self) -> list[str]:
-        captions = getattr(self.dataset, "captions", None)
-        if callable(captions):
-            return list(captions())
-        if isinstance(self.dataset, IterableDataset):  # streamed: the vocabulary of a large prefix
-            return [str(s.get("caption") or "") for s in itertools.islice(self.dataset, VOCAB_SCAN_SAMPLES)]
-        return [str(self.dataset[i].get("caption") or "") for i in range(len(self.dataset))]  # type: ignore[arg-type]
+        return dataset_captions(self.dataset)
 
     def _base_pipeline(self, resume_from: Path | None) -> DiffusionSatPipeline:
         """Fresh runs save their initial pipeline in ``base/`` so a resume rebuilds it exactly."""
