@@ -296,3 +296,20 @@ def test_inpaint_tab_runs_a_job_with_the_painted_mask(browser, model_dir, tmp_pa
         out = np.asarray(PIL.Image.open(saved).convert("RGB"))
         assert np.array_equal(out[:, 10:], scene[:, 10:])  # far from the painted stroke: untouched
         page.close()
+
+
+def test_leaving_the_page_cancels_its_job(browser, model_dir, tmp_path):
+    app = create_app(model_dir, output_dir=tmp_path / "out")
+    with serving(app) as url:
+        page = browser.new_page()
+        page.goto(url + "/")
+        sync_api.expect(page.locator("#model-info")).to_contain_text("tiny-model")
+        page.fill("#steps", "1000")
+        page.click("#run")
+        sync_api.expect(page.locator("#status")).to_contain_text("sampling", timeout=30_000)
+        job = next(iter(app.state.queue._jobs.values()))
+        page.close(run_before_unload=True)
+        deadline = time.monotonic() + 20
+        while not job.state.finished and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert job.state.value == "cancelled" and job.error == "cancelled by the client"

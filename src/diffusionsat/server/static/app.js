@@ -513,6 +513,12 @@ function init() {
     sessionStorage.setItem("diffusionsat-token", state.token);
     loadModel();
   });
+  // Leaving the page cancels its running job at once (otherwise the server cancels it once unpolled).
+  window.addEventListener("pagehide", () => {
+    if (!state.job) return;
+    const headers = state.token ? { Authorization: "Bearer " + state.token } : {};
+    fetch("/v1/jobs/" + state.job, { method: "DELETE", keepalive: true, headers }).catch(() => null);
+  });
   drawMap().catch((error) => { $("place-readout").textContent = "map unavailable: " + error.message; });
   loadModel();
   selectTask("generate");
