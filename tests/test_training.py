@@ -210,3 +210,16 @@ def test_sample_size_must_match_preset(shared_data, tmp_path):
     cfg.resolution = 32
     with pytest.raises(ValueError, match=r"trains at 32x32"):
         Trainer(cfg, dataset).train()
+
+
+def test_trains_from_webdataset_shards_made_by_prepare_data(shared_data, tmp_path):
+    shards = tmp_path / "shards"
+    assert main(["prepare-data", str(shared_data / NAIP), "--out", str(shards), "--chip-size", "128",
+                 "--resize", "16", "--bands", "1,2,3", "--shard-size", "10"]) == 0
+    assert len(list(shards.glob("*.tar"))) >= 2
+    cfg = load_config(overrides={"data": [str(shards)], "preset": "tiny", "batch_size": 4, "max_steps": 3,
+                                 "checkpoint_every": 2, "report_to": None, "output_dir": str(tmp_path / "run")})
+    trainer = Trainer(cfg, build_dataset(cfg))
+    final = trainer.train()
+    assert len(trainer.loss_history) == 3 and (final / "model_index.json").is_file()
+    assert trainer.state.samples_seen == 12
