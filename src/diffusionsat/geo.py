@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -117,9 +119,15 @@ def crs_label(crs: Any) -> str:
     return f"EPSG:{epsg}" if epsg else (pcrs.name or "custom CRS")
 
 
+@functools.lru_cache(maxsize=128)
+def _to_wgs84(wkt: str, thread: int) -> Transformer:
+    """Transformers are costly to build (≈ms) and not thread-safe: one per (CRS, thread), cached."""
+    return Transformer.from_crs(CRS.from_wkt(wkt), "EPSG:4326", always_xy=True)
+
+
 def to_lonlat(crs: Any, x: float, y: float) -> tuple[float, float]:
     """Reproject one point of ``crs`` to WGS 84 (lon, lat); NaN when it has no place on Earth."""
-    lon, lat = Transformer.from_crs(as_crs(crs), "EPSG:4326", always_xy=True).transform(x, y)
+    lon, lat = _to_wgs84(as_crs(crs).to_wkt(), threading.get_ident()).transform(x, y)
     if not (np.isfinite(lon) and np.isfinite(lat)):
         return float("nan"), float("nan")
     return float(lon), float(lat)
