@@ -444,18 +444,26 @@ def inpaint_raster(
                       extra={"task_inputs": [str(image.path)], "masked_pixels": int(mask.sum())})
 
 
+def edge_map(pixels: np.ndarray) -> np.ndarray:
+    """(1, H, W) binary edges of a (C, H, W) image: the strongest 10 % of Sobel gradient magnitudes.
+
+    Shared by ``generate --control edges`` and ``train --task control`` so both see the same maps.
+    """
+    gray = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32).mean(axis=0))[None, None]
+    kx = torch.tensor([[[[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]]])
+    gx = F.conv2d(F.pad(gray, (1, 1, 1, 1), mode="replicate"), kx)
+    gy = F.conv2d(F.pad(gray, (1, 1, 1, 1), mode="replicate"), kx.transpose(-1, -2))
+    magnitude = torch.sqrt(gx**2 + gy**2)[0, 0].numpy()
+    return (magnitude > max(1e-6, float(np.percentile(magnitude, 90)))).astype(np.float32)[None]
+
+
 def control_condition(control: RasterInput, kind: str, channels: int) -> np.ndarray:
     """A (channels, H, W) control map in [0, 1]: binary road/mask maps, or edges of an image."""
     if kind not in CONTROL_KINDS:
         raise ValueError(f"control={kind!r}: choose one of {', '.join(CONTROL_KINDS)}")
     pixels = control.pixels
     if kind == "edges" and pixels.shape[0] > 1:
-        gray = torch.from_numpy(pixels.mean(axis=0))[None, None]
-        kx = torch.tensor([[[[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]]])
-        gx = F.conv2d(F.pad(gray, (1, 1, 1, 1), mode="replicate"), kx)
-        gy = F.conv2d(F.pad(gray, (1, 1, 1, 1), mode="replicate"), kx.transpose(-1, -2))
-        magnitude = torch.sqrt(gx**2 + gy**2)[0, 0].numpy()
-        pixels = (magnitude > max(1e-6, float(np.percentile(magnitude, 90)))).astype(np.float32)[None]
+        pixels = edge_map(pixels)
     elif kind in ("road", "mask"):
         if pixels.shape[0] != 1:
             raise ValueError(f"a {kind} map must have 1 band, {control.path.name} has {pixels.shape[0]}")
