@@ -97,7 +97,7 @@ def test_evaluate_superres_with_generated_images(heldout, tmp_path):
         (gen / png.name).write_bytes(png.read_bytes())
     out = tmp_path / "eval-sr"
     assert main(["evaluate", "--task", "superres", "--generated", str(gen), "--data", str(heldout),
-                 "--out", str(out), "--bootstrap", "0"]) == 0
+                 "--out", str(out), "--bootstrap", "0", "--num-samples", "8"]) == 0
     metrics = _report(out)["metrics"]
     assert metrics["ssim"]["rows"]["model"]["value"] == pytest.approx(1.0)
     assert metrics["domain_lpips"]["rows"]["model"]["value"] == pytest.approx(0.0, abs=1e-9)
@@ -196,3 +196,37 @@ def test_manifest_and_sidecar_errors_name_the_record(tmp_path):
     (tmp_path / "a.json").write_text("{not json")
     with pytest.raises(ValueError, match="a.json"):
         load_records(tmp_path)
+
+
+@pytest.mark.shared_data
+def test_evaluate_temporal_task_model(shared_data, tiny_pipeline, tmp_path):
+    """Two NAIP dates as frames (dates from their sidecars) → the third date; persistence baseline."""
+    from diffusionsat.evaluation.chips import SOURCES, read_source
+    from diffusionsat.models.controlnet_3d import SatControlNet3D
+
+    model = tmp_path / "temporal-model"
+    tiny_pipeline.save_pretrained(model)
+    SatControlNet3D.from_unet(tiny_pipeline.unet, conditioning_channels=3, max_frames=3).save_pretrained(model / "controlnet")
+    rasters = [read_source(shared_data, s) for s in SOURCES[:3]]  # 2009, 2010, 2012 NAIP
+    data = tmp_path / "temporal"
+    (data / "frames").mkdir(parents=True)
+    for k, (row, col) in enumerate(((500, 720), (100, 760))):  # held-out columns
+        crops = [(r.rgb[:, row:row + 32, col:col + 32].transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8) for r in rasters]
+        frames = []
+        for r, crop in zip(rasters[:2], crops[:2]):
+            name = f"frames/k{k}_{r.source.date}.png"
+            PIL.Image.fromarray(crop).save(data / name)
+            (data / name).with_suffix(".json").write_text(json.dumps({"metadata": {"date": r.source.date}, "role": "condition"}))
+            frames.append(name)
+        PIL.Image.fromarray(crops[2]).save(data / f"k{k}.png")
+        target = rasters[2].metadata
+        (data / f"k{k}.json").write_text(json.dumps({
+            "caption": "farmland", "metadata": {"lat": target.lat, "lon": target.lon, "gsd": 5.0, "date": "2012-07-31"},
+            "condition": frames, "scene": "naip-prairie"}))
+    out = tmp_path / "eval-temporal"
+    assert main(["evaluate", "--task", "temporal", "--model", str(model), "--data", str(data), "--out", str(out),
+                 "--steps", "1", "--bootstrap", "0"]) == 0
+    report = _report(out)
+    assert report["num_records"] == 2 and "persistence" in report["metrics"]["psnr"]["rows"]
+    sidecar = json.loads((out / "generated-model" / "k0.json").read_text())
+    assert sidecar["target_date"] == "2012-07-31" and sidecar["frame_dates"] == ["2009-08-18", "2010-06-29"]
