@@ -95,6 +95,10 @@ def test_superres_rejects_a_band_count_it_was_not_trained_for(models, shared_dat
     assert code == 2
     err = capsys.readouterr().err
     assert "3 bands but this ControlNet was trained for 4 (B04, B03, B02, B08)" in err.splitlines()[-1]
+    naip = shared_data / "naip-timeseries" / "m_4709963_se_14_1_20190904.tif"  # no band names in the file
+    code = main(["superres", str(naip), "--window", "0,0,16,16", "--model", str(models["superres"]),
+                 "--out", str(tmp_path / "y.png"), *FAST])
+    assert code == 2 and "trained on B04, B03, B02, B08: pick them with --bands" in capsys.readouterr().err
 
 
 def temporal_args(models, out, *extra):

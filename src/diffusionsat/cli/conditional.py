@@ -121,9 +121,16 @@ def superres(inputs, scale, reproject, prompt, controlnet, bands, window, tile, 
     _check_sampling(steps, guidance, scheduler, tile, overlap)
     overrides = _overrides(lat, lon, gsd, cloud_cover, cloud_percent, date)
     pipe, location = _load(model, controlnet, device, scheduler, "superres")
-    chosen = bands or (",".join(tasks.controlnet_bands(pipe)) if tasks.controlnet_bands(pipe) else None)
+    trained = tasks.controlnet_bands(pipe)
+    chosen = bands or (",".join(trained) if trained else None)
     parsed = tasks.parse_window(window)
-    rasters = [tasks.read_input(p, bands=chosen, window=parsed) for p in inputs]
+    try:
+        rasters = [tasks.read_input(p, bands=chosen, window=parsed) for p in inputs]
+    except ValueError as err:
+        if bands is None and trained and "not found" in str(err):
+            raise InputError(f"{err}; this ControlNet was trained on {', '.join(trained)}: pick them with --bands "
+                             "(1-based indices)") from None
+        raise
     result = tasks.superresolve(pipe, rasters, scale=scale, prompt=prompt, metadata=overrides, seed=_seed(seed),
                                 reproject=reproject, **_sampling_kwargs(steps, guidance, metadata_guidance, tile, overlap))
     _write(result, out, Path(inputs[0]).stem, "superres", prompt, steps, guidance, pipe, location, overwrite)
