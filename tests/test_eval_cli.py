@@ -230,3 +230,29 @@ def test_evaluate_temporal_task_model(shared_data, tiny_pipeline, tmp_path):
     assert report["num_records"] == 2 and "persistence" in report["metrics"]["psnr"]["rows"]
     sidecar = json.loads((out / "generated-model" / "k0.json").read_text())
     assert sidecar["target_date"] == "2012-07-31" and sidecar["frame_dates"] == ["2009-08-18", "2010-06-29"]
+
+
+@pytest.mark.shared_data
+def test_evaluate_reads_data_layer_shards(shared_data, tmp_path):
+    """--data accepts the data layer's WebDataset shards; generated images match by sample key."""
+    from diffusionsat.data.geotiff import GeoTiffChips
+    from diffusionsat.data.shards import write_chips
+
+    chips = GeoTiffChips([shared_data / "naip-timeseries" / "m_4709963_se_14_1_20190904.tif"], chip_size=128,
+                         stride=256, resize_to=32, bands="1,2,3")
+    picked = [chips.chip(i) for i in range(6)]
+    shards = write_chips(picked, tmp_path / "shards")
+    records = load_records(tmp_path / "shards")
+    assert [r.key for r in records] == [c.key for c in picked]
+    assert records[0].pixels.shape == (3, 32, 32) and records[0].metadata.gsd == pytest.approx(20.0)
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    for rec in records:  # "generated" = the shard pixels themselves
+        arr = (rec.pixels.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+        PIL.Image.fromarray(arr).save(gen / f"{rec.key}.png")
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--task", "superres", "--generated", str(gen), "--data", str(shards[0]),
+                 "--out", str(out), "--bootstrap", "0"]) == 0
+    metrics = _report(out)["metrics"]
+    assert metrics["ssim"]["rows"]["model"]["value"] == pytest.approx(1.0, abs=1e-4)
+    assert metrics["gsd_error"]["rows"]["model"]["n"] == 6

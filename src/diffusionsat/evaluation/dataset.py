@@ -8,11 +8,15 @@ Accepted layouts (``docs/evaluation.md``):
   to the folder). The sidecars ``diffusionsat generate`` writes are read as they are.
 * a **manifest** ``.jsonl`` / ``.csv`` (SPEC §4): ``path, caption, lat, lon, gsd, cloud_cover, date``
   plus optional ``scene, mask, condition`` (``;``-separated in CSV); paths relative to the manifest.
+* **WebDataset shards** written by the data layer (``prepare-data``): a ``.tar`` file, a folder of
+  them, or a brace/glob pattern, decoded with :func:`diffusionsat.data.shards.decode_sample`
+  (pixels, caption, metadata, and ``mask`` / conditioning images where the task has them).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -45,6 +49,18 @@ class EvalRecord:
     scene: str | None = None
     mask: Path | None = None
     condition: list[Path] = field(default_factory=list)
+    #: In-memory pixels (records decoded from shards): (3, H, W), (1, H, W) and a list of (3, h, w).
+    pixels: torch.Tensor | None = None
+    mask_pixels: torch.Tensor | None = None
+    condition_pixels: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def has_mask(self) -> bool:
+        return self.mask is not None or self.mask_pixels is not None
+
+    @property
+    def has_condition(self) -> bool:
+        return bool(self.condition or self.condition_pixels)
 
 
 def _as_paths(value: Any, base: Path, key: str, name: str) -> list[Path]:
@@ -125,17 +141,53 @@ def _read_manifest(file: Path) -> list[EvalRecord]:
     return records
 
 
-def load_records(path: str | os.PathLike) -> list[EvalRecord]:
-    """Read an evaluation folder or manifest; keys must be unique."""
-    source = Path(path).expanduser()
-    if not source.exists():
-        raise FileNotFoundError(f"evaluation data {str(source)!r} does not exist")
+def _rgb01(model_range: torch.Tensor) -> torch.Tensor:
+    """Data-layer pixels in [-1, 1] (C, H, W) → RGB in [0, 1] (first three bands; gray repeated)."""
+    x = ((model_range.float() + 1.0) / 2.0).clamp(0, 1)
+    return x[:3] if x.shape[0] >= 3 else x[:1].repeat(3, 1, 1)
+
+
+def _read_shards(source: str) -> list[EvalRecord]:
+    """Records from WebDataset shards (the data layer's format), pixels kept in memory."""
+    from ..data.shards import decode_sample, expand_urls, iter_tar_samples
+
+    records = []
+    for url in expand_urls(source):
+        for key, entries in iter_tar_samples(url):
+            sample = decode_sample(key, entries, source=url)
+            record = sample.get("record") or {}
+            cond = sample.get("conditioning_pixel_values")
+            frames = [] if cond is None else ([_rgb01(f) for f in cond] if cond.ndim == 4 else [_rgb01(cond)])
+            records.append(EvalRecord(
+                key=key, image=Path(url), caption=sample.get("caption") or "", metadata=sample["metadata"],
+                scene=record.get("scene"), pixels=_rgb01(sample["pixel_values"]),
+                mask_pixels=sample.get("mask"), condition_pixels=frames,
+            ))
+    return records
+
+
+def _is_shards(source: Path) -> bool:
+    if source.is_file():
+        return source.suffix.lower() == ".tar"
     if source.is_dir():
+        return any(source.glob("*.tar")) and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in source.iterdir())
+    return "{" in str(source) or "*" in str(source) or "://" in str(source)
+
+
+def load_records(path: str | os.PathLike) -> list[EvalRecord]:
+    """Read an evaluation folder, manifest or shard set; keys must be unique."""
+    source = Path(path).expanduser()
+    if _is_shards(source):
+        records = _read_shards(str(path))
+    elif not source.exists():
+        raise FileNotFoundError(f"evaluation data {str(source)!r} does not exist")
+    elif source.is_dir():
         records = _read_folder(source)
     elif source.suffix.lower() in (".jsonl", ".csv"):
         records = _read_manifest(source)
     else:
-        raise ValueError(f"evaluation data {str(source)!r}: expected a folder of images or a .jsonl/.csv manifest")
+        raise ValueError(f"evaluation data {str(source)!r}: expected a folder of images, a .jsonl/.csv manifest "
+                         "or .tar shards")
     if not records:
         raise ValueError(f"evaluation data {str(source)!r}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
     keys = [r.key for r in records]
@@ -201,13 +253,34 @@ def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out[0] if image.ndim == 3 else out
 
 
+def record_image(record: EvalRecord) -> torch.Tensor:
+    """The record's image (3, H, W) in [0, 1], from memory (shards) or its file."""
+    return record.pixels if record.pixels is not None else read_image(record.image)
+
+
+def record_mask(record: EvalRecord) -> torch.Tensor | None:
+    """The record's fill mask (1, H, W), 1 = fill, or ``None``."""
+    if record.mask_pixels is not None:
+        return (record.mask_pixels > 0).float()
+    return read_mask(record.mask) if record.mask is not None else None
+
+
+def record_conditions(record: EvalRecord) -> list[torch.Tensor]:
+    """The record's conditioning images (low-res input, or frames oldest first) in [0, 1]."""
+    return list(record.condition_pixels) or [read_image(p) for p in record.condition]
+
+
 def load_stack(records: list[EvalRecord], size: tuple[int, int]) -> torch.Tensor:
     """(N, 3, H, W) images of ``records``, each resized to ``size``."""
-    return torch.stack([resize(read_image(r.image), size) for r in records]) if records else torch.empty(0, 3, *size)
+    return torch.stack([resize(record_image(r), size) for r in records]) if records else torch.empty(0, 3, *size)
 
 
-def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(H, W) of an image file without reading its pixels."""
+def image_size(path: str | os.PathLike | EvalRecord) -> tuple[int, int]:
+    """(H, W) of a record's image or an image file, without reading the file's pixels."""
+    if isinstance(path, EvalRecord):
+        if path.pixels is not None:
+            return int(path.pixels.shape[-2]), int(path.pixels.shape[-1])
+        path = path.image
     file = Path(path)
     if file.suffix.lower() in (".tif", ".tiff"):
         import rasterio
@@ -225,9 +298,9 @@ def at_size(record: EvalRecord, size: tuple[int, int]) -> EvalRecord:
     """
     if record.metadata.gsd is None:
         return record
-    native = image_size(record.image)[1]
+    native = image_size(record)[1]
     try:
         metadata = record.metadata.resized(native, size[1])
     except ValueError:
         metadata = record.metadata.replace(gsd=None)
-    return EvalRecord(record.key, record.image, record.caption, metadata, record.scene, record.mask, record.condition)
+    return dataclasses.replace(record, metadata=metadata)

@@ -15,6 +15,7 @@ The algorithm, step by step (see :func:`evaluate`):
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -24,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
@@ -39,6 +39,8 @@ from .dataset import (
     match_generated,
     read_image,
     read_mask,
+    record_conditions,
+    record_mask,
     resize,
 )
 from .domain_encoder import SEASONS, WITHIN_LOG2, DomainEncoder, load_domain_encoder, season_of
@@ -181,8 +183,7 @@ def generate_for_records(
     version = model_version(location) if Path(location).exists() else None
     out_dir.mkdir(parents=True, exist_ok=True)
     for i, rec in enumerate(tqdm(records, desc=f"generating with {Path(model).name}")):
-        with PIL.Image.open(rec.image) as img:
-            real_side = img.size[0]
+        real_side = image_size(rec)[1]
         native = int(pipe.unet.config.sample_size) * pipe.vae_scale_factor
         side = size or native
         request = GenerationRequest(
@@ -234,6 +235,9 @@ def generate_conditional_for_records(
     sampling = {"num_inference_steps": steps, "guidance_scale": guidance_scale}
     out_dir.mkdir(parents=True, exist_ok=True)
     for i, rec in enumerate(tqdm(records, desc=f"{task} with {Path(model).name}")):
+        if rec.pixels is not None:
+            raise ValueError(f"record {rec.key!r} comes from a shard: run `diffusionsat {task}` on GeoTIFF/PNG "
+                             "inputs, or pass its outputs with --generated")
         if task == "inpaint":
             image = read_input(rec.image)
             mask = (read_mask(rec.mask)[0] if rec.mask else centre_mask(read_image(rec.image)[None])[0, 0]) > 0.5
@@ -290,9 +294,9 @@ def load_generated(
         gen = pairs[r.key]
         # What was asked: the generated sidecar when it has it, else the real record's condition.
         asked = gen if not gen.metadata.is_unknown() else r  # whose metadata (and native size) applies
-        requested.append(EvalRecord(
-            key=r.key, image=gen.image, caption=gen.caption or r.caption,
-            metadata=at_size(asked, size).metadata, scene=gen.scene or r.scene, mask=r.mask, condition=r.condition,
+        requested.append(dataclasses.replace(
+            r, image=gen.image, pixels=None, caption=gen.caption or r.caption, metadata=at_size(asked, size).metadata,
+            scene=gen.scene or r.scene,
         ))
     images = torch.stack([resize(read_image(g.image), size) for g in requested])
     return kept, images, requested
@@ -311,8 +315,8 @@ def build_baselines(task: str, records: list[EvalRecord], real: torch.Tensor, se
     ]
     if task == "superres":
         low = None
-        if all(r.condition for r in records):
-            low = [read_image(r.condition[0]) for r in records]
+        if all(r.has_condition for r in records):
+            low = [record_conditions(r)[0] for r in records]
             shapes = {tuple(x.shape[-2:]) for x in low}
             low = torch.stack(low) if len(shapes) == 1 else None
         if low is not None:
@@ -321,12 +325,12 @@ def build_baselines(task: str, records: list[EvalRecord], real: torch.Tensor, se
                               "bicubic upsampling of the low-res input" if low is not None
                               else "bicubic upsampling of the reference downsampled 4x"))
     elif task == "inpaint":
-        masks = (torch.stack([resize(read_mask(r.mask), size) for r in records]).round()
-                 if all(r.mask for r in records) else centre_mask(real))
+        masks = (torch.stack([resize(record_mask(r), size) for r in records]).round()
+                 if all(r.has_mask for r in records) else centre_mask(real))
         rows.append(Candidate("mean-fill", "baseline", mean_fill(real, masks),
                               "hole (mask = 1, or the central square) filled with the mean colour of the rest"))
-    elif task == "temporal" and all(r.condition for r in records):
-        previous = torch.stack([resize(read_image(r.condition[-1]), size) for r in records])
+    elif task == "temporal" and all(r.has_condition for r in records):
+        previous = torch.stack([resize(record_conditions(r)[-1], size) for r in records])
         rows.append(Candidate("persistence", "baseline", persistence(previous),
                               "the last conditioning frame, unchanged (predicts no change)"))
     return rows
@@ -538,7 +542,7 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     for role_name, folder, label in folders:
         if size is None:
             first = load_records(folder)[0]
-            size = tuple(read_image(first.image).shape[-2:])  # type: ignore[assignment]
+            size = image_size(first)
         kept, images, requested = load_generated(folder, records, size, config.task, role_name)  # type: ignore[arg-type]
         model_rows.append((role_name, kept, images, requested, label))
     # Every row is evaluated on the records all models have.
