@@ -40,9 +40,12 @@ class StyleGANLike(nn.Module):
         self.conv = nn.Conv2d(3, 10, 3, stride=2)
         self.fc = nn.Linear(10, 5)
 
-    def forward(self, img: torch.Tensor, return_features: bool = False) -> torch.Tensor:
-        feats = torch.relu(self.conv(img / 255.0)).mean(dim=(2, 3))
-        return feats if return_features else torch.softmax(self.fc(feats), dim=-1)
+    def forward(self, img: torch.Tensor, return_features: bool = False, no_output_bias: bool = False) -> torch.Tensor:
+        feats = torch.relu(self.conv(img.to(torch.float32) / 255.0)).mean(dim=(2, 3))
+        if return_features:
+            return feats
+        logits = feats @ self.fc.weight.t() if no_output_bias else self.fc(feats)
+        return torch.softmax(logits, dim=-1)
 
 
 @pytest.fixture
@@ -119,6 +122,13 @@ def test_inception_conventions(tmp_path):
     style = InceptionFeatures(tmp_path / "stylegan.pt")
     assert style.stylegan and style.features(images).shape == (3, 10)
     assert torch.allclose(style.logits(images).softmax(-1).sum(-1), torch.ones(3), atol=1e-5)
+    # uint8 input as StyleGAN's loader gives it, and IS without the output bias, as StyleGAN computes it.
+    net = torch.jit.load(str(tmp_path / "stylegan.pt"))
+    as_uint8 = (images * 255).round().to(torch.uint8)
+    assert torch.allclose(style.features(images), net(as_uint8, return_features=True))
+    expected = net(as_uint8, no_output_bias=True).log()
+    assert torch.allclose(style.logits(images), expected, atol=1e-5)
+    assert not torch.allclose(style.logits(images), net(as_uint8).log(), atol=1e-5)
 
 
 def test_clip_score_matches_the_formula(clip_dir, no_network):

@@ -1,8 +1,8 @@
 """Pretrained feature networks from local files only: nothing here ever downloads.
 
 * Inception (FID/KID/IS): a TorchScript file. Two conventions are recognised from its signature:
-  the StyleGAN / clean-fid ``inception-2015-12-05.pt`` (``forward(img, return_features=...)``, images
-  in [0, 255], resized inside; features 2048-d, otherwise 1008 class probabilities) or a plain module
+  the StyleGAN / clean-fid ``inception-2015-12-05.pt`` (``forward(img, return_features=...)``, uint8
+  images, resized inside; features 2048-d, otherwise 1008 class probabilities) or a plain module
   ``forward(x)`` taking (N, 3, 299, 299) in [0, 1] and returning features, or ``(features, logits)``.
 * CLIP (CLIP score): a local transformers CLIP folder (``config.json``, weights, tokenizer and
   processor files), loaded with ``local_files_only=True``.
@@ -55,8 +55,15 @@ class InceptionFeatures(nn.Module):
         self.net = _load_torchscript(file, "Inception network")
         names = [a.name for a in self.net.forward.schema.arguments]
         self.stylegan = "return_features" in names
+        # StyleGAN's Inception Score drops the output bias; do the same when the network offers it.
+        self.logit_kwargs = {"no_output_bias": True} if "no_output_bias" in names else {}
         self.input_size = input_size
         self.path = str(file)
+
+    @staticmethod
+    def _uint8(images: torch.Tensor) -> torch.Tensor:
+        """StyleGAN's detector takes uint8 NCHW images, as its dataset loader gives them."""
+        return (images.float().clamp(0, 1) * 255.0).round().to(torch.uint8)
 
     def _plain(self, images: torch.Tensor):
         x = F.interpolate(images.float(), size=(self.input_size,) * 2, mode="bilinear", antialias=True, align_corners=False)
@@ -66,7 +73,7 @@ class InceptionFeatures(nn.Module):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [0, 1] → (N, D) pool features."""
         if self.stylegan:
-            return self.net(images.float() * 255.0, return_features=True).float()
+            return self.net(self._uint8(images), return_features=True).float()
         out = self._plain(images)
         return (out[0] if isinstance(out, (tuple, list)) else out).float()
 
@@ -74,7 +81,7 @@ class InceptionFeatures(nn.Module):
     def logits(self, images: torch.Tensor) -> torch.Tensor | None:
         """Class logits for IS, or ``None`` when the network gives none."""
         if self.stylegan:
-            probs = self.net(images.float() * 255.0, return_features=False).float()
+            probs = self.net(self._uint8(images), return_features=False, **self.logit_kwargs).float()
             return probs.clamp_min(1e-12).log()  # softmax(log p) = p, as torchmetrics' IS expects logits
         out = self._plain(images)
         return out[1].float() if isinstance(out, (tuple, list)) and len(out) > 1 else None
