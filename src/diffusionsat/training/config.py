@@ -30,6 +30,14 @@ class TrainConfig:
     max_samples: int | None = None
     date_pattern: str | None = None
     num_workers: int = 0
+    # task: "generate" trains the text+metadata model; the others train a ControlNet on a frozen base
+    task: str = "generate"
+    base_model: str | None = None
+    max_frames: int = 3
+    sr_factor: int = 4
+    lowres: str | None = None
+    lowres_bands: str | None = None
+    mask_vector: str | None = None
     # model
     preset: str = "tiny"
     pretrained: str | None = None
@@ -98,6 +106,13 @@ class TrainConfig:
                 raise ValueError(f"metadata_dropout_fields: unknown field {name!r}; allowed {', '.join(METADATA_FIELDS)}")
             if not 0.0 <= float(p) <= 1.0:
                 raise ValueError(f"metadata_dropout_fields.{name}={p!r}: must be in [0, 1]")
+        from .tasks import TASKS
+
+        need(self.task in TASKS, "task", f"must be one of {', '.join(TASKS)}")
+        need(self.max_frames >= 1, "max_frames", "must be >= 1")
+        need(self.sr_factor >= 2, "sr_factor", "must be >= 2")
+        if self.task != "generate" and self.augment:
+            raise ValueError("augment: only for task=generate (a task's condition must stay aligned with its target)")
         if self.preset == "sd21" and not self.pretrained:
             raise ValueError("preset='sd21' needs pretrained: a Stable-Diffusion-2.1-style diffusers folder")
         return self

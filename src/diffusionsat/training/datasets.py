@@ -36,6 +36,10 @@ def build_dataset(cfg: TrainConfig) -> Dataset:
     missing = [d for d in cfg.data if "://" not in d and "{" not in d and not Path(d).exists()]
     if missing:
         raise FileNotFoundError(f"data: {missing[0]!r} does not exist")
+    if cfg.task != "generate":
+        from .tasks import build_task_dataset
+
+        return _limit(build_task_dataset(cfg, resolution), cfg.max_samples)
     shards = [d for d in cfg.data if _is_shards(d)]
     manifests = [d for d in cfg.data if d.endswith(MANIFEST_SUFFIXES)]
     rasters = [d for d in cfg.data if d not in shards and d not in manifests]
@@ -58,8 +62,14 @@ def build_dataset(cfg: TrainConfig) -> Dataset:
     dataset = parts[0] if len(parts) == 1 else ConcatDataset(parts)
     if len(dataset) == 0:
         raise ValueError(f"data: no usable samples in {cfg.data} (all files skipped or empty)")
-    if cfg.max_samples is not None and cfg.max_samples < len(dataset):
-        # An even spread over the whole dataset, not just the first scene.
-        step = len(dataset) / cfg.max_samples
-        dataset = Subset(dataset, [int(i * step) for i in range(cfg.max_samples)])
-    return dataset
+    return _limit(dataset, cfg.max_samples)
+
+
+def _limit(dataset: Dataset, max_samples: int | None) -> Dataset:
+    """At most ``max_samples``, spread evenly over the whole dataset (not just the first scene)."""
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        raise ValueError("data: no usable samples (all files skipped or empty)")
+    if max_samples is None or max_samples >= len(dataset):  # type: ignore[arg-type]
+        return dataset
+    step = len(dataset) / max_samples  # type: ignore[arg-type]
+    return Subset(dataset, [int(i * step) for i in range(max_samples)])

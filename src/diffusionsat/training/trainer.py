@@ -66,12 +66,18 @@ class _Indexed(Dataset):
 
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack pixels; keep captions, metadata and sample ids (index, or key for streamed shards) as lists."""
-    return {
+    batch = {
         "pixel_values": torch.stack([torch.as_tensor(it["pixel_values"], dtype=torch.float32) for it in items]),
         "caption": [str(it.get("caption") or "") for it in items],
         "metadata": [as_metadata(it.get("metadata")) for it in items],
         "sample_id": [it["index"] if "index" in it else str(it["key"]) for it in items],
     }
+    for key in ("conditioning_pixel_values", "mask"):  # task samples
+        if key in items[0]:
+            batch[key] = torch.stack([torch.as_tensor(it[key], dtype=torch.float32) for it in items])
+    if "conditioning_metadata" in items[0]:
+        batch["conditioning_metadata"] = [it["conditioning_metadata"] for it in items]
+    return batch
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
@@ -190,6 +196,10 @@ class Trainer:
 
     def _base_pipeline(self, resume_from: Path | None) -> DiffusionSatPipeline:
         """Fresh runs save their initial pipeline in ``base/`` so a resume rebuilds it exactly."""
+        if self.cfg.base_model is not None:  # a task's frozen base: read it as it is
+            from ..loading import resolve_model
+
+            return DiffusionSatPipeline.from_pretrained(resolve_model(self.cfg.base_model))
         base = self.output_dir / "base"
         if (base / "model_index.json").is_file():
             pipe = DiffusionSatPipeline.from_pretrained(base)
@@ -237,11 +247,32 @@ class Trainer:
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
         else:
             target = noise
-        pred = self.unet(noisy, timesteps, text, metadata=md).sample
+        if self.controlnet is None:
+            pred = self.unet(noisy, timesteps, text, metadata=md).sample
+        else:
+            pred = self._controlnet_pred(batch, pixels, noisy, timesteps, text, md, drop_md, unknown)
         per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         if self.cfg.snr_gamma is not None:
             per_sample = per_sample * self._snr_weights(timesteps)
         return per_sample.mean()
+
+    def _controlnet_pred(self, batch, pixels, noisy, timesteps, text, md, drop_md, unknown):
+        """Noise prediction of the frozen UNet with the task ControlNet's residuals.
+
+        The conditioning images' metadata drops the same fields as the target's (at sampling, the
+        unconditional branch sees both all-unknown); the control image itself is never dropped.
+        """
+        from ..pipelines.pipeline_controlnet import controlnet_noise_pred
+        from .tasks import conditioning_metadata, task_condition
+
+        control = task_condition(self.cfg.task, batch, pixels, tuple(noisy.shape[-2:]))
+        frames = conditioning_metadata(self.cfg.task, batch)
+        cond_md = None
+        if frames is not None:
+            cond = torch.tensor([[m.normalize(unknown) for m in row] for row in frames], dtype=torch.float32)
+            cond = torch.where(drop_md[:, None, :], torch.full_like(cond, unknown), cond).to(md.device)
+            cond_md = cond[:, 0] if self.cfg.task == "superres" else cond
+        return controlnet_noise_pred(self.unet, self.controlnet, noisy, timesteps, text, control, md, cond_md)
 
     def _snr_weights(self, timesteps: torch.Tensor) -> torch.Tensor:
         """Min-SNR-γ weighting (Hang et al. 2023), as the original recipe (γ = 5)."""
@@ -337,37 +368,49 @@ class Trainer:
         self.tokenizer, self.noise_scheduler, self.vae = pipe.tokenizer, pipe.scheduler, pipe.vae
         self.unet_config = pipe.unet.config
         self._latent_cache = {} if (cfg.precompute_latents and pipe.vae is not None) else None
-        unet, text_encoder = pipe.unet, pipe.text_encoder
-        train_text = self._train_text_encoder()
-        text_encoder.requires_grad_(train_text)
-        if self.vae is not None:
-            self.vae.requires_grad_(False).to(acc.device)
+        modules: dict[str, torch.nn.Module | None] = {
+            "unet": pipe.unet, "text_encoder": pipe.text_encoder, "controlnet": None, "vae": pipe.vae}
+        if cfg.task == "generate":
+            trained = ["unet"] + (["text_encoder"] if self._train_text_encoder() else [])
+        else:  # a ControlNet on the frozen base model (SPEC §8)
+            from ..pipelines.pipeline_controlnet import new_task_controlnet
+            from .tasks import conditioning_channels
+
+            channels = conditioning_channels(cfg.task, self._first_sample(), pipe.unet.config.out_channels)
+            set_seed(cfg.seed)
+            modules["controlnet"] = new_task_controlnet(
+                pipe.unet, cfg.task, conditioning_channels=channels, vae_scale_factor=pipe.vae_scale_factor,
+                max_frames=cfg.max_frames)
+            trained = ["controlnet"]
+        for name, module in modules.items():
+            if module is not None:
+                module.requires_grad_(name in trained)
         if cfg.gradient_checkpointing:
-            unet.enable_gradient_checkpointing()
-            if train_text:
-                text_encoder.gradient_checkpointing_enable()
-        params = list(unet.parameters()) + (list(text_encoder.parameters()) if train_text else [])
+            for name in trained:
+                module = modules[name]
+                enable = getattr(module, "enable_gradient_checkpointing", None) or module.gradient_checkpointing_enable
+                enable()
+        params = [p for name in trained for p in modules[name].parameters()]
         optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                       weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
         lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer=optimizer,
                                      num_warmup_steps=cfg.lr_warmup_steps * acc.num_processes,
                                      num_training_steps=cfg.max_steps * acc.num_processes)
         loader, sampler = self._dataloader()
-        to_prepare = [unet] + ([text_encoder] if train_text else []) + [optimizer, lr_scheduler]
-        if sampler is not None:  # map-style: accelerate shards the batches across processes
-            to_prepare.append(loader)
-        else:  # streamed shards split themselves by rank and worker (each sample read once)
-            to_prepare.append(None)
-        prepared = acc.prepare(*[p for p in to_prepare if p is not None])
-        unet = prepared[0]
-        if train_text:
-            text_encoder = prepared[1]
-        else:
-            text_encoder.to(acc.device)
-        optimizer, lr_scheduler = prepared[1 + train_text], prepared[2 + train_text]
+        # Map-style data is sharded across processes by accelerate; streamed shards split
+        # themselves by rank and worker (each sample read once), so their loader is not prepared.
+        extra = [loader] if sampler is not None else []
+        prepared = acc.prepare(*[modules[n] for n in trained], optimizer, lr_scheduler, *extra)
+        for name, module in zip(trained, prepared):
+            modules[name] = module
+        optimizer, lr_scheduler = prepared[len(trained)], prepared[len(trained) + 1]
         if sampler is not None:
             loader = prepared[-1]
-        self.unet, self.text_encoder = unet, text_encoder
+        for name, module in modules.items():
+            if module is not None and name not in trained:
+                module.to(acc.device)
+        self.unet, self.text_encoder, self.controlnet = modules["unet"], modules["text_encoder"], modules["controlnet"]
+        self._trained = trained
         ema = None
         if cfg.use_ema:
             ema = EMAModel(params, decay=cfg.ema_decay)
@@ -398,7 +441,7 @@ class Trainer:
                         self.dataset.set_epoch(epoch)
                     epoch_loader = itertools.islice(loader, skip, None)
                 for batch in epoch_loader:
-                    with acc.accumulate(unet, text_encoder):
+                    with acc.accumulate(*[modules[n] for n in trained]):
                         loss = self.compute_loss(batch, epoch)
                         acc.backward(loss)
                         if acc.sync_gradients and cfg.max_grad_norm > 0:
@@ -466,24 +509,29 @@ class Trainer:
         return swap()
 
     def _trainable_parameters(self):
-        unet = self.accelerator.unwrap_model(self.unet)
-        text_encoder = self.accelerator.unwrap_model(self.text_encoder)
-        yield from unet.parameters()
-        if self._train_text_encoder():
-            yield from text_encoder.parameters()
+        for name in self._trained:
+            yield from self.accelerator.unwrap_model(getattr(self, name)).parameters()
 
     def _inference_pipeline(self) -> DiffusionSatPipeline:
+        """The pipeline of the current weights (a ControlNet pipeline when training a task)."""
         acc = self.accelerator
-        pipe = DiffusionSatPipeline(
-            vae=self.vae, text_encoder=acc.unwrap_model(self.text_encoder), tokenizer=self.tokenizer,
-            unet=acc.unwrap_model(self.unet), scheduler=self.noise_scheduler,
-        )
+        components = {"vae": self.vae, "text_encoder": acc.unwrap_model(self.text_encoder), "tokenizer": self.tokenizer,
+                      "unet": acc.unwrap_model(self.unet), "scheduler": self.noise_scheduler}
+        if self.controlnet is not None:
+            from ..pipelines.pipeline_controlnet import DiffusionSatControlNetPipeline
+
+            pipe = DiffusionSatControlNetPipeline(**components, controlnet=acc.unwrap_model(self.controlnet))
+        else:
+            pipe = DiffusionSatPipeline(**components)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
     def validate(self) -> Path | None:
         """Save a grid of the fixed validation prompts × metadata (EMA weights) as PNG."""
         if not self.accelerator.is_main_process:
+            return None
+        if self.controlnet is not None:
+            logger.info("validation grids are for task=generate; evaluate a task model with `diffusionsat evaluate`")
             return None
         from ..imaging import image_grid
 
