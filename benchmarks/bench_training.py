@@ -27,16 +27,23 @@ from diffusionsat.training.datasets import build_dataset
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def plain_loop(pipe, batches, steps: int) -> float:
-    """samples/s of the minimal loop over pre-collated batches."""
+def plain_loop(pipe, loader, steps: int) -> float:
+    """samples/s of the textbook diffusers loop (DataLoader → add_noise → UNet → MSE → AdamW → EMA)."""
+    from diffusers.training_utils import EMAModel
+
     unet, text_encoder, scheduler = pipe.unet, pipe.text_encoder, pipe.scheduler
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-4)
+    ema = EMAModel(params, decay=0.999)
     unknown = unet.config.metadata_unknown_value
-    durations = []
-    for i in range(steps):
-        batch = batches[i % len(batches)]
+    durations, batches = [], iter(loader)
+    for _ in range(steps):
         start = time.perf_counter()
+        try:
+            batch = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            batch = next(batches)
         pixels = batch["pixel_values"]
         tokens = pipe.tokenizer(batch["caption"], padding="max_length", max_length=pipe.tokenizer.model_max_length,
                                 truncation=True, return_tensors="pt").input_ids
@@ -49,6 +56,7 @@ def plain_loop(pipe, batches, steps: int) -> float:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        ema.step(params)
         durations.append(time.perf_counter() - start)
     return pixels.shape[0] / statistics.median(durations[2:])
 
@@ -92,14 +100,15 @@ def main() -> None:
         next(it)
         load_times.append(time.perf_counter() - t0)
 
-    from diffusionsat.training.components import build_initial_pipeline
-    from diffusionsat.training.trainer import _Indexed, collate
+    from torch.utils.data import DataLoader
 
-    pipe = build_initial_pipeline(cfg, [dataset[i]["caption"] for i in range(len(dataset))])
-    indexed = _Indexed(dataset)
-    batches = [collate([indexed[j] for j in range(i, i + args.batch_size)])
-               for i in range(0, len(dataset) - args.batch_size + 1, args.batch_size)]
-    plain_rate = plain_loop(pipe, batches, args.steps)
+    from diffusionsat.training.components import build_initial_pipeline
+    from diffusionsat.training.trainer import _Indexed, collate, dataset_captions
+
+    pipe = build_initial_pipeline(cfg, dataset_captions(dataset))
+    plain_loader = DataLoader(_Indexed(dataset), batch_size=args.batch_size, shuffle=True, collate_fn=collate,
+                              drop_last=True)
+    plain_rate = plain_loop(pipe, plain_loader, args.steps)
     report = {
         "preset": args.preset, "batch_size": args.batch_size, "steps": args.steps, "threads": torch.get_num_threads(),
         "trainer_samples_per_s": round(trainer_rate, 2),
