@@ -13,6 +13,7 @@ from diffusionsat.training.datasets import build_dataset
 
 NAIP_DIR = "naip-timeseries"
 NAIP = "naip-timeseries/m_4709963_se_14_1_20090818.tif"
+SPACENET = "spacenet-samples/"
 
 
 def task_config(shared_data, tmp_path, task, data, **extra):
@@ -29,11 +30,16 @@ def task_config(shared_data, tmp_path, task, data, **extra):
         ("temporal", [NAIP_DIR], {"max_frames": 2, "date_pattern": "*_{YYYYMMDD}.tif"}, "SatControlNet3D"),
         ("superres", [NAIP], {"sr_factor": 4}, "SatControlNet"),
         ("inpaint", [NAIP], {}, "SatControlNet"),
+        ("inpaint", [SPACENET + "sample_geotiff.tif"],
+         {"bands": "1,1,1", "mask_vector": "SHARED/" + SPACENET + "sample_geotiff_buildings.geojson"}, "SatControlNet"),
+        ("superres", [SPACENET + "pan1.tif"], {"bands": "1,1,1", "lowres": "SHARED/" + SPACENET + "ms1.tif"},
+         "SatControlNet"),
         ("control", [NAIP], {}, "SatControlNet"),
     ],
 )
 def test_each_task_trains_only_its_controlnet(shared_data, tmp_path, tiny_model_dir, task, data, extra,
                                               controlnet_class):
+    extra = {k: v.replace("SHARED/", f"{shared_data}/") if isinstance(v, str) else v for k, v in extra.items()}
     cfg = task_config(shared_data, tmp_path, task, [str(shared_data / d) for d in data],
                       base_model=str(tiny_model_dir), **extra)
     trainer = Trainer(cfg, build_dataset(cfg))
