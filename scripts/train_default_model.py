@@ -40,16 +40,18 @@ class Source:
     date_pattern: str | None = None
     holdout: tuple[str, ...] = ()
     scales: tuple[int, ...] = (64, 128)
+    scene: str | None = None  # the domain encoder's class (evaluation's classification score)
 
 
 SOURCES = [
     Source("naip-timeseries/*.tif", "NAIP aerial", band_names="red,green,blue,nir", date_pattern="*_{YYYYMMDD}.tif",
-           holdout=("m_4709963_se_14_1_20190904.tif",)),
-    Source("landsat-timeseries/*.tif", "Landsat false colour", date_pattern="{YYYY}.tif", holdout=("2015.tif",)),
+           holdout=("m_4709963_se_14_1_20190904.tif",), scene="naip-prairie"),
+    Source("landsat-timeseries/*.tif", "Landsat false colour", date_pattern="{YYYY}.tif", holdout=("2015.tif",),
+           scene="landsat-river"),
     Source("planetscope-like/rgbn.tif", "PlanetScope-like", band_names="red,green,blue,nir"),
-    Source("spacenet-samples/rgb_unmasked.tif", "WorldView"),
+    Source("spacenet-samples/rgb_unmasked.tif", "WorldView", scene="spacenet-urban"),
     Source("sentinel2-slovenia/reference_scene_*.tif", "Sentinel-2", bands="B04,B03,B02,B08",
-           holdout=("reference_scene_4.tif",), scales=(64,)),
+           holdout=("reference_scene_4.tif",), scales=(64,), scene="sentinel2-farmland"),
     Source("geotiff-samples/RGB.byte.tif", "Landsat 7"),
 ]
 
@@ -63,6 +65,10 @@ def split_files(source: Source, root: Path) -> tuple[list[Path], list[Path]]:
 
 def build(root: Path, held_out: bool = False) -> Dataset:
     """The training chips (or, with ``held_out``, the evaluation chips) of every source."""
+    return ConcatDataset([part for _, part in build_parts(root, held_out)])
+
+
+def build_parts(root: Path, held_out: bool = False) -> list[tuple[Source, Dataset]]:
     parts = []
     for source in SOURCES:
         train, held = split_files(source, root)
@@ -70,12 +76,35 @@ def build(root: Path, held_out: bool = False) -> Dataset:
         if not files:
             continue
         for scale in source.scales:
-            parts.append(GeoTiffChips(
+            parts.append((source, GeoTiffChips(
                 files, chip_size=scale, stride=scale if scale > 64 else 48, resize_to=RESOLUTION,
-                bands=source.bands, band_names=source.band_names, date_pattern=source.date_pattern, sensor=source.sensor, max_nodata=0.05,
-                transform=SelectBands(source.rgb), on_error="skip",
-            ))
-    return ConcatDataset([p for p in parts if len(p)])
+                bands=source.bands, band_names=source.band_names, date_pattern=source.date_pattern,
+                sensor=source.sensor, max_nodata=0.05, transform=SelectBands(source.rgb), on_error="skip",
+            )))
+    return [(source, part) for source, part in parts if len(part)]
+
+
+def export_heldout(root: Path, out: Path) -> int:
+    """The held-out chips as PNG + JSON sidecars (caption, metadata, scene): `evaluate --data`."""
+    import json
+
+    from PIL import Image
+
+    from diffusionsat.data.transforms import to_uint8
+
+    out.mkdir(parents=True, exist_ok=False)
+    count = 0
+    for source, part in build_parts(root, held_out=True):
+        for i in range(len(part)):
+            sample = part[i]
+            key = f"{Path(source.pattern).parent.name or 'chip'}-{count:05d}"
+            Image.fromarray(to_uint8(sample["pixel_values"])).save(out / f"{key}.png")
+            record = {"caption": sample["caption"], "metadata": sample["metadata"].to_dict()}
+            if source.scene:
+                record["scene"] = source.scene
+            (out / f"{key}.json").write_text(json.dumps(record))
+            count += 1
+    return count
 
 
 def main() -> None:
@@ -84,8 +113,12 @@ def main() -> None:
     parser.add_argument("--data", default=str(SHARED))
     parser.add_argument("--max-steps", type=int, default=30000)
     parser.add_argument("--export", action="store_true", help="write out/model from the latest checkpoint and stop")
+    parser.add_argument("--export-heldout", metavar="DIR", help="write the held-out chips for `evaluate` and stop")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
+    if args.export_heldout:
+        logging.info("%d held-out chips written", export_heldout(Path(args.data), Path(args.export_heldout)))
+        return
 
     dataset = build(Path(args.data))
     cfg = load_config(overrides={

@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from .data.errors import DataError
 from .data.geotiff import RasterInfo, open_raster
 from .geo import as_crs, crs_label, gsd_metres, scaled_transform, window_center_lonlat, window_transform
+from .imaging import to_uint8_hwc as to_uint8
 from .metadata import SatMetadata, parse_date
-from .outputs import GenerationRecord, OutputPaths, save_generated, to_uint8
+from .outputs import GenerationRecord, OutputPaths, save_generated
 from .pipelines.pipeline_controlnet import DiffusionSatControlNetPipeline, sort_frames_by_date
 from .pipelines.sampling import composite_pixels
 

@@ -15,6 +15,7 @@ import PIL.Image
 
 from .fileio import atomic_path, check_writable
 from .geo import grid_for_center, write_geotiff
+from .imaging import to_uint8_hwc
 from .metadata import SatMetadata
 
 
@@ -99,16 +100,6 @@ def check_outputs(paths: Sequence[OutputPaths], overwrite: bool) -> None:
     check_writable([p for op in paths for p in op.all()], overwrite=overwrite)
 
 
-def to_uint8(image: PIL.Image.Image | np.ndarray) -> np.ndarray:
-    """(H, W, C) uint8 from a PIL image or a float array in [0, 1]."""
-    if isinstance(image, PIL.Image.Image):
-        return np.asarray(image.convert("RGB"))
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8:
-        arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    return arr
-
-
 def save_generated(
     image: PIL.Image.Image | np.ndarray,
     paths: OutputPaths,
@@ -124,7 +115,7 @@ def save_generated(
     For a GeoTIFF without an input grid (``crs``/``transform``), the image is placed at the
     metadata's lat/lon with its GSD in the local UTM zone.
     """
-    pixels = to_uint8(image)
+    pixels = to_uint8_hwc(image)
     sidecar = record.to_json(model_version)
     if paths.geotiff is not None:
         if crs is None or transform is None:
