@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 
 DEFAULT_MODEL_NAME = "default-model"
+#: ``--model default`` names the embedded model explicitly (e.g. in documented evaluation commands).
+DEFAULT_ALIAS = "default"
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -28,9 +30,12 @@ def has_default_model() -> bool:
 def resolve_model(model: str | os.PathLike | None) -> str:
     """Validate a ``--model`` value early (before any heavy loading) and return it as a string.
 
-    ``None`` means the embedded default model. A hub id (``org/name``) is passed through to
-    ``from_pretrained`` (it works where the hub or a local cache is reachable).
+    ``None`` (or ``"default"`` when no such folder exists) means the embedded default model. A hub
+    id (``org/name``) is passed through to ``from_pretrained`` (it works where the hub or a local
+    cache is reachable).
     """
+    if model is not None and str(model) == DEFAULT_ALIAS and not Path(DEFAULT_ALIAS).exists():
+        model = None
     if model is None:
         if not has_default_model():
             raise ModelNotFoundError(
