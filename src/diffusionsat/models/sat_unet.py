@@ -90,9 +90,12 @@ class SatUNet(UNet2DConditionModel):
             )
 
     def zero_init_metadata_embedding(self) -> None:
-        """Zero the metadata MLPs' output layers so a pretrained UNet is unchanged at step 0."""
+        """(Re)initialise the metadata MLPs for fine-tuning a pretrained UNet: fresh first layers and
+        zero output layers, so the UNet is unchanged at step 0 (and weights that a loader left
+        uninitialised never reach the output)."""
         if self.metadata_embedding is not None:
             for mlp in self.metadata_embedding:
+                mlp.linear_1.reset_parameters()
                 nn.init.zeros_(mlp.linear_2.weight)
                 nn.init.zeros_(mlp.linear_2.bias)
 
