@@ -223,3 +223,17 @@ def test_trains_from_webdataset_shards_made_by_prepare_data(shared_data, tmp_pat
     final = trainer.train()
     assert len(trainer.loss_history) == 3 and (final / "model_index.json").is_file()
     assert trainer.state.samples_seen == 12
+
+
+def test_bf16_checkpointing_accumulation_snr_and_schedules_run(shared_data, tmp_path):
+    cfg = load_config(overrides=base_overrides(
+        shared_data, tmp_path / "run", mixed_precision="bf16", gradient_checkpointing=True,
+        gradient_accumulation_steps=2, snr_gamma=5.0, lr_scheduler="cosine", lr_warmup_steps=1, max_steps=2,
+        prediction_type="v_prediction", report_to="tensorboard", metadata_dropout_fields={"lat": 0.5}))
+    trainer = Trainer(cfg, build_dataset(cfg))
+    final = trainer.train()
+    assert len(trainer.loss_history) == 2 and all(np.isfinite(trainer.loss_history))
+    assert trainer.state.samples_seen == 2 * 4 * 2  # steps × batch × accumulation
+    assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents*"))
+    pipe = DiffusionSatPipeline.from_pretrained(final)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
