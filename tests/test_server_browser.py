@@ -150,6 +150,7 @@ def test_pick_place_and_date_generate_and_download(browser, live_server, tmp_pat
     sync_api.expect(card).to_contain_text("2019-07-15")
     sync_api.expect(card).to_contain_text("5 m/px")
     sync_api.expect(card).to_contain_text("seed11")
+    sync_api.expect(card).to_contain_text(re.compile(r"cloud\s*unknown"))  # 0 % is not sent unless asked for
     sync_api.expect(page.locator("#status")).to_have_text("succeeded")
     shot(page, "generate.png")
 

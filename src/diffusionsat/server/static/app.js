@@ -172,7 +172,8 @@ function metadata() {
     const v = number(id);
     if (v !== null) md[key] = v;
   }
-  md.cloud_cover = Number($("cloud").value) / 100;
+  // Unknown unless asked for: 0 % is a real value (clear sky), not the same as "not known".
+  if ($("cloud-known").checked) md.cloud_cover = Number($("cloud").value) / 100;
   if ($("date").value) md.date = $("date").value;
   return md;
 }
@@ -495,7 +496,12 @@ function init() {
   $("map").addEventListener("pointermove", onPointerMove);
   $("map").addEventListener("dblclick", () => setView(-180, -90, WORLD_WIDTH));
   for (const id of ["lat", "lon"]) $(id).addEventListener("input", () => updateMarker(null));
-  $("cloud").addEventListener("input", () => { $("cloud-out").value = $("cloud").value + " %"; });
+  const showCloud = () => {
+    $("cloud").disabled = !$("cloud-known").checked;
+    $("cloud-out").value = $("cloud-known").checked ? $("cloud").value + " %" : "unknown";
+  };
+  $("cloud").addEventListener("input", showCloud);
+  $("cloud-known").addEventListener("change", showCloud);
   document.querySelectorAll("[role=tab]").forEach((tab) => tab.addEventListener("click", () => selectTask(tab.dataset.task)));
   $("run").addEventListener("click", run);
   $("cancel").addEventListener("click", cancel);
