@@ -41,7 +41,8 @@ def raw_loop(pipe, steps: int, guidance: float, seed: int) -> torch.Tensor:
     for t in scheduler.timesteps:
         model_input = scheduler.scale_model_input(torch.cat([latents] * 2), t)
         noise = unet(model_input, t, encoder_hidden_states=text, metadata=md).sample
-        latents = scheduler.step(combine_guidance(noise, guidance, None), t, latents).prev_sample
+        latents = scheduler.step(combine_guidance(noise, guidance, None), t, latents,
+                                 **pipe.prepare_extra_step_kwargs(g)).prev_sample
     return latents
 
 

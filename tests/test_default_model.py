@@ -1,0 +1,106 @@
+"""The embedded default model: loads offline, reproducible, image-like, metadata-sensitive."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffusionsat import SatMetadata
+from diffusionsat.loading import default_model_path, has_default_model, load_pipeline
+
+pytestmark = pytest.mark.skipif(not has_default_model(), reason="no embedded default model in this checkout")
+
+PROMPT = "a satellite image of vegetation and water in United States of America in summer from NAIP aerial at 5 m resolution"
+SUMMER = SatMetadata(lat=47.02, lon=-99.15, gsd=5.0, year=2016, month=7, day=15)
+
+
+def high_frequency_share(image: np.ndarray) -> float:
+    """Share of the (mean-free) spectral power above a quarter of the sampling frequency."""
+    gray = image.astype(np.float64).mean(axis=-1)
+    power = np.abs(np.fft.fftshift(np.fft.fft2(gray - gray.mean()))) ** 2
+    h, w = gray.shape
+    yy, xx = np.mgrid[:h, :w]
+    radius = np.hypot(yy - h / 2, xx - w / 2)
+    return float(power[radius > min(h, w) / 4].sum() / max(power.sum(), 1e-12))
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipe = load_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sample(pipe, metadata=SUMMER, seed=0, prompt=PROMPT):
+    return pipe(prompt, metadata=metadata, num_inference_steps=25, guidance_scale=3.0,
+                generator=torch.Generator().manual_seed(seed), output_type="np").images[0]
+
+
+def test_model_folder_is_complete_and_small():
+    folder = default_model_path()
+    for part in ("model_index.json", "unet", "text_encoder", "tokenizer", "scheduler", "MODEL_CARD.md"):
+        assert (folder / part).exists(), part
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert size <= 50 * 2**20
+    assert not list(folder.rglob("*.bin")), "safetensors only"
+
+
+def test_fixed_seed_is_reproducible(pipe):
+    np.testing.assert_array_equal(sample(pipe, seed=3), sample(pipe, seed=3))
+
+
+def test_output_is_image_like_not_constant_or_noise(pipe, shared_data):
+    from diffusionsat.data.geotiff import GeoTiffChips
+    from diffusionsat.data.transforms import to_uint8
+
+    chips = GeoTiffChips([shared_data / "naip-timeseries" / "m_4709963_se_14_1_20190904.tif"], chip_size=64,
+                         bands="1,2,3")
+    real = [high_frequency_share(to_uint8(chips[i]["pixel_values"])) for i in range(0, len(chips), 5)]
+    noise = high_frequency_share(np.random.default_rng(0).random((64, 64, 3)))
+    for seed in range(3):
+        image = sample(pipe, seed=seed)
+        assert image.std() > 0.02, "constant image"
+        share = high_frequency_share(image)
+        assert share <= max(real) * 1.25, (share, max(real), noise)
+        assert share < 0.5 * noise
+
+
+def test_changing_metadata_changes_the_image(pipe):
+    summer = sample(pipe, SUMMER)
+    winter = sample(pipe, SUMMER.replace(month=1))
+    coarse = sample(pipe, SUMMER.replace(gsd=30.0))
+    assert np.abs(summer - winter).mean() > 1e-3
+    assert np.abs(summer - coarse).mean() > 1e-3
+
+
+def test_model_card_documents_data_training_and_metrics():
+    card = (default_model_path() / "MODEL_CARD.md").read_text()
+    for needle in ("../shared/data", "held out", "scripts/train_default_model.py", "steps", "domain-FID"):
+        assert needle in card, needle
+
+
+@pytest.mark.slow
+def test_model_card_numbers_match_a_rerun_of_the_documented_evaluation(tmp_path, shared_data):
+    """Re-runs the card's two documented commands and compares the domain-FID it reports."""
+    import json
+
+    from diffusionsat.cli.main import main
+
+    card = (default_model_path() / "MODEL_CARD.md").read_text()
+    reported = float(re.search(r"\| domain-FID \| ([0-9.]+)", card).group(1))
+    heldout, out = tmp_path / "heldout", tmp_path / "eval"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_default_model.py"
+    subprocess.run([sys.executable, str(script), "--data", str(shared_data), "--export-heldout", str(heldout)],
+                   check=True, capture_output=True)
+    command = re.search(r"^diffusionsat evaluate (.*)$", card, re.MULTILINE).group(1).split()
+    command = [str(heldout) if a == "heldout" else str(out) if a == "eval-default-model" else a for a in command]
+    assert main(["evaluate", *command]) == 0
+    report = json.loads((out / "report.json").read_text())
+    rerun = report["metrics"]["domain_fid"]["rows"]["model"]["value"]
+    assert rerun == pytest.approx(reported, rel=0.05)
