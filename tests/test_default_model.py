@@ -17,6 +17,7 @@ from diffusionsat.loading import default_model_path, has_default_model, load_pip
 pytestmark = pytest.mark.skipif(not has_default_model(), reason="no embedded default model in this checkout")
 
 PROMPT = "a satellite image of vegetation and water in United States of America in summer from NAIP aerial at 5 m resolution"
+README_PROMPT = "a satellite image in Peru from Landsat false colour at 89 m resolution"
 SUMMER = SatMetadata(lat=47.02, lon=-99.15, gsd=5.0, year=2016, month=7, day=15)
 
 
@@ -37,8 +38,8 @@ def pipe():
     return pipe
 
 
-def sample(pipe, metadata=SUMMER, seed=0, prompt=PROMPT):
-    return pipe(prompt, metadata=metadata, num_inference_steps=25, guidance_scale=3.0,
+def sample(pipe, metadata=SUMMER, seed=0, prompt=PROMPT, guidance=3.0):
+    return pipe(prompt, metadata=metadata, num_inference_steps=25, guidance_scale=guidance,
                 generator=torch.Generator().manual_seed(seed), output_type="np").images[0]
 
 
@@ -56,18 +57,21 @@ def test_fixed_seed_is_reproducible(pipe):
 
 
 def test_output_is_image_like_not_constant_or_noise(pipe, shared_data):
+    """The README's example: its spectra lie within those of real held-out chips, far from noise."""
     from diffusionsat.data.geotiff import GeoTiffChips
     from diffusionsat.data.transforms import to_uint8
 
-    chips = GeoTiffChips([shared_data / "naip-timeseries" / "m_4709963_se_14_1_20190904.tif"], chip_size=64,
-                         bands="1,2,3")
-    real = [high_frequency_share(to_uint8(chips[i]["pixel_values"])) for i in range(0, len(chips), 5)]
+    real = []
+    for path, bands in (("naip-timeseries/m_4709963_se_14_1_20190904.tif", "1,2,3"), ("landsat-timeseries/2015.tif", "1,2,3")):
+        chips = GeoTiffChips([shared_data / path], chip_size=64, bands=bands, max_nodata=0.05)
+        real += [high_frequency_share(to_uint8(chips[i]["pixel_values"])) for i in range(0, len(chips), 3)]
     noise = high_frequency_share(np.random.default_rng(0).random((64, 64, 3)))
+    peru = SatMetadata(lat=-8.4, lon=-74.4, gsd=89.0, year=2005)
     for seed in range(3):
-        image = sample(pipe, seed=seed)
+        image = sample(pipe, peru, seed=seed, prompt=README_PROMPT, guidance=6.0)
         assert image.std() > 0.02, "constant image"
         share = high_frequency_share(image)
-        assert share <= max(real) * 1.25, (share, max(real), noise)
+        assert min(real) <= share <= max(real), (share, min(real), max(real))
         assert share < 0.5 * noise
 
 
@@ -81,8 +85,8 @@ def test_changing_metadata_changes_the_image(pipe):
 
 def test_model_card_documents_data_training_and_metrics():
     card = (default_model_path() / "MODEL_CARD.md").read_text()
-    for needle in ("../shared/data", "held out", "scripts/train_default_model.py", "steps", "domain-FID"):
-        assert needle in card, needle
+    for needle in ("../shared/data", "held out", "scripts/train_default_model.py", "steps", "domain-fid"):
+        assert needle in card.lower(), needle
 
 
 @pytest.mark.slow
