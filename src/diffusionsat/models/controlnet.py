@@ -26,7 +26,7 @@ from diffusers.models.embeddings import TimestepEmbedding
 from torch import nn
 
 from ..metadata import NUM_METADATA, ORIGINAL_UNKNOWN_VALUE
-from .sat_unet import SatUNet, check_metadata_tensor, embed_metadata
+from .sat_unet import SatUNet, check_metadata_tensor, embed_metadata, metadata_embedding_for
 
 
 class TimeAndMetadataEmbedding(TimestepEmbedding):
@@ -171,13 +171,7 @@ class SatControlNet(ControlNetModel):
             raise ValueError(
                 f"conditioning_bands has {len(conditioning_bands)} names for {self.config.conditioning_channels} channels"
             )
-        self.metadata_embedding: nn.ModuleList | None = None
-        if use_metadata:
-            channels = self.config.block_out_channels[0]
-            time_embed_dim = self.time_embedding.linear_1.out_features
-            self.metadata_embedding = nn.ModuleList(
-                [TimestepEmbedding(channels, time_embed_dim) for _ in range(num_metadata)]
-            )
+        self.metadata_embedding = metadata_embedding_for(self, num_metadata) if use_metadata else None
 
     @classmethod
     def from_unet(  # type: ignore[override]

@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from diffusers import ModelMixin  # noqa: F401  (diffusers' pipeline loader looks it up in this module)
 from diffusers.models.controlnets.controlnet import ControlNetModel, ControlNetOutput
-from diffusers.models.embeddings import TimestepEmbedding
 from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 from torch import nn
 
@@ -37,7 +36,7 @@ from .controlnet import (
     merge_config_signature,
     unknown_metadata,
 )
-from .sat_unet import SatUNet, check_metadata_tensor, embed_metadata
+from .sat_unet import SatUNet, check_metadata_tensor, embed_metadata, metadata_embedding_for
 
 
 def clamp_straight_through(weight: torch.Tensor) -> torch.Tensor:
@@ -129,12 +128,7 @@ class SatControlNet3D(ControlNetModel):
                 residuals.append((out, f"down{i}"))
         self.controlnet_down_blocks = nn.ModuleList([zero_conv3d(c) for c, _ in residuals])
         self.controlnet_mid_block = zero_conv3d(channels[-1])
-        self.metadata_embedding: nn.ModuleList | None = None
-        if use_metadata:
-            time_embed_dim = self.time_embedding.linear_1.out_features
-            self.metadata_embedding = nn.ModuleList(
-                [TimestepEmbedding(channels[0], time_embed_dim) for _ in range(num_metadata)]
-            )
+        self.metadata_embedding = metadata_embedding_for(self, num_metadata) if use_metadata else None
         self.temporal_blocks: nn.ModuleList | None = None
         self.mixing_attns: nn.ParameterList | None = None
         if use_temporal_transformer:

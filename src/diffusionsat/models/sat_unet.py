@@ -41,6 +41,13 @@ def embed_metadata(
     return emb
 
 
+def metadata_embedding_for(model: nn.Module, num_metadata: int) -> nn.ModuleList:
+    """One ``TimestepEmbedding`` per metadata value, sized like ``model``'s timestep embedding."""
+    channels = model.config.block_out_channels[0]
+    time_embed_dim = model.time_embedding.linear_1.out_features
+    return nn.ModuleList([TimestepEmbedding(channels, time_embed_dim) for _ in range(num_metadata)])
+
+
 def check_metadata_tensor(metadata: torch.Tensor, batch: int, num_metadata: int) -> torch.Tensor:
     """Validate/broadcast a ``(batch, num_metadata)`` normalised metadata tensor."""
     if not torch.is_tensor(metadata):
@@ -81,13 +88,7 @@ class SatUNet(UNet2DConditionModel):
         super().__init__(**unet_kwargs)
         if use_metadata and self.config.class_embeddings_concat:
             raise ValueError("use_metadata is incompatible with class_embeddings_concat=True")
-        self.metadata_embedding: nn.ModuleList | None = None
-        if use_metadata:
-            channels = self.config.block_out_channels[0]
-            time_embed_dim = self.time_embedding.linear_1.out_features
-            self.metadata_embedding = nn.ModuleList(
-                [TimestepEmbedding(channels, time_embed_dim) for _ in range(num_metadata)]
-            )
+        self.metadata_embedding = metadata_embedding_for(self, num_metadata) if use_metadata else None
 
     def zero_init_metadata_embedding(self) -> None:
         """(Re)initialise the metadata MLPs for fine-tuning a pretrained UNet: fresh first layers and
