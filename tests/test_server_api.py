@@ -278,11 +278,11 @@ def test_cli_refuses_public_bind_without_token_and_missing_model(capsys, tmp_pat
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_cli_without_model_says_to_pass_model(capsys):
-    from diffusionsat.loading import has_default_model
+def test_cli_without_model_says_to_pass_model(capsys, monkeypatch, tmp_path):
+    import diffusionsat.loading as loading
 
-    if has_default_model():
-        pytest.skip("the embedded default model is shipped, so --model is optional")
+    # An installation without the embedded model (e.g. a slim build): serve must ask for --model.
+    monkeypatch.setattr(loading, "default_model_path", lambda: tmp_path / "no-default-model")
     assert cli_main(["serve"]) == 2
     assert "--model" in capsys.readouterr().err
 

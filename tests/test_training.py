@@ -225,7 +225,17 @@ def test_trains_from_webdataset_shards_made_by_prepare_data(shared_data, tmp_pat
     assert trainer.state.samples_seen == 12
 
 
-def test_bf16_checkpointing_accumulation_snr_and_schedules_run(shared_data, tmp_path):
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state; a run with other precision settings needs it reset."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_bf16_checkpointing_accumulation_snr_and_schedules_run(shared_data, tmp_path, fresh_accelerate_state):
     cfg = load_config(overrides=base_overrides(
         shared_data, tmp_path / "run", mixed_precision="bf16", gradient_checkpointing=True,
         gradient_accumulation_steps=2, snr_gamma=5.0, lr_scheduler="cosine", lr_warmup_steps=1, max_steps=2,
