@@ -14,6 +14,7 @@ from PIL import Image
 from pyproj import Transformer
 
 from diffusionsat.cli.main import main
+from diffusionsat.fileio import _umask
 
 ARGS = ["a satellite image of farmland", "--lat", "47.0", "--lon", "-99.2", "--gsd", "5",
         "--date", "2019-07-15", "--steps", "3", "--seed", "7"]
@@ -31,6 +32,9 @@ def test_generate_writes_png_sidecar_and_geotiff(tiny_model_dir, tmp_path, capsy
     assert sidecar["scheduler"] == "ddim" and sidecar["guidance_scale"] == 2.5
     assert sidecar["metadata"] == {"lon": -99.2, "lat": 47.0, "gsd": 5.0, "date": "2019-07-15"}
     assert sidecar["model_version"] and sidecar["diffusionsat_version"]
+    assert sidecar["metadata_normalized"][3] is None  # cloud cover unknown, not 0
+    assert sidecar["metadata_normalized"][1] == pytest.approx((47.0 + 90) / 180 * 1000)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~_umask()  # not mkstemp's private 0600
     with rasterio.open(out.with_suffix(".tif")) as src:
         assert src.crs.to_epsg() == 32614  # UTM 14N
         assert src.res == (5.0, 5.0)

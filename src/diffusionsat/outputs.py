@@ -57,7 +57,9 @@ class GenerationRecord:
             "prompt": self.prompt,
             "negative_prompt": self.negative_prompt,
             "metadata": self.metadata.to_dict(),
-            "metadata_normalized": list(self.metadata.normalize()),
+            # null = unknown (each model encodes "unknown" its own way: see its metadata_unknown_value)
+            "metadata_normalized": [None if raw is None else value for raw, value in
+                                    zip(self.metadata.values(), self.metadata.normalize())],
             "seed": self.seed,
             "steps": self.steps,
             "guidance_scale": self.guidance_scale,
