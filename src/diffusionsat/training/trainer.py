@@ -9,6 +9,7 @@ TensorBoard, and a final ``save_pretrained`` folder that ``diffusionsat generate
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -489,24 +490,19 @@ class Trainer:
         acc.end_training()
         return final
 
+    @contextlib.contextmanager
     def _ema_applied(self):
         """Context: model weights temporarily replaced by their EMA (validation, final save)."""
-        import contextlib
-
-        @contextlib.contextmanager
-        def swap():
-            if self.ema is None:
-                yield
-                return
-            params = list(self._trainable_parameters())
-            self.ema.store(params)
-            self.ema.copy_to(params)
-            try:
-                yield
-            finally:
-                self.ema.restore(params)
-
-        return swap()
+        if self.ema is None:
+            yield
+            return
+        params = list(self._trainable_parameters())
+        self.ema.store(params)
+        self.ema.copy_to(params)
+        try:
+            yield
+        finally:
+            self.ema.restore(params)
 
     def _trainable_parameters(self):
         for name in self._trained:
