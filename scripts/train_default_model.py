@@ -8,6 +8,11 @@ trained on: NAIP 2019-09-04, Landsat 2015, Sentinel-2 reference scene 4.
     python scripts/train_default_model.py --out runs/default-model            # fresh or resumed
     python scripts/train_default_model.py --out runs/default-model --export   # checkpoint → model
 
+Stage 2 (the shipped model) fine-tunes stage 1's model with v-prediction on zero-terminal-SNR betas
+and trailing timesteps, so sampling starts from pure noise and no seed-dependent colour cast remains:
+
+    python scripts/train_default_model.py --out runs/default-model-v --init runs/default-model/model
+
 Runs resume from the latest checkpoint, so several runs of at most two hours each add up.
 """
 
@@ -107,22 +112,61 @@ def export_heldout(root: Path, out: Path) -> int:
     return count
 
 
+def export_nearest_training(root: Path, out: Path) -> int:
+    """For each held-out chip (same keys as :func:`export_heldout`), the training chip of the same
+    source and scale whose centre is nearest: a generator that memorises the training set.
+
+    Scored with ``evaluate --generated``, it shows how close a perfect model of the training data
+    could come to the held-out dates and scenes (the reachable floor, above real-vs-real).
+    """
+    from PIL import Image
+
+    from diffusionsat.data.transforms import to_uint8
+
+    def centre(sample: dict) -> tuple[float, float]:
+        md = sample["metadata"]
+        return md.lat or 0.0, md.lon or 0.0
+
+    train_parts = {(s.pattern, part.chip_size): part for s, part in build_parts(root)}
+    out.mkdir(parents=True, exist_ok=False)
+    count = 0
+    for source, part in build_parts(root, held_out=True):
+        train = train_parts[(source.pattern, part.chip_size)]
+        centres = [centre(train[j]) for j in range(len(train))]
+        for i in range(len(part)):
+            lat, lon = centre(part[i])
+            j = min(range(len(centres)), key=lambda k: (centres[k][0] - lat) ** 2 + (centres[k][1] - lon) ** 2)
+            key = f"{Path(source.pattern).parent.name or 'chip'}-{count:05d}"
+            Image.fromarray(to_uint8(train[j]["pixel_values"])).save(out / f"{key}.png")
+            count += 1
+    return count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/default-model")
     parser.add_argument("--data", default=str(SHARED))
     parser.add_argument("--max-steps", type=int, default=30000)
+    parser.add_argument("--init", metavar="MODEL", help="fine-tune this model with v-prediction and zero terminal SNR")
+    parser.add_argument("--learning-rate", type=float, default=None, help="default 3e-4 (2e-4 with --init)")
     parser.add_argument("--export", action="store_true", help="write out/model from the latest checkpoint and stop")
     parser.add_argument("--export-heldout", metavar="DIR", help="write the held-out chips for `evaluate` and stop")
+    parser.add_argument("--export-nearest", metavar="DIR",
+                        help="write, per held-out chip, the nearest training chip (`evaluate --generated`) and stop")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     if args.export_heldout:
         logging.info("%d held-out chips written", export_heldout(Path(args.data), Path(args.export_heldout)))
         return
+    if args.export_nearest:
+        logging.info("%d nearest training chips written", export_nearest_training(Path(args.data), Path(args.export_nearest)))
+        return
 
     dataset = build(Path(args.data))
+    stage = {"pretrained": args.init, "prediction_type": "v_prediction", "zero_terminal_snr": True} if args.init else {}
+    learning_rate = args.learning_rate or (2e-4 if args.init else 3e-4)
     cfg = load_config(overrides={
-        "preset": "small", "output_dir": args.out, "batch_size": 8, "learning_rate": 3e-4,
+        **stage, "preset": "small", "output_dir": args.out, "batch_size": 8, "learning_rate": learning_rate,
         "lr_scheduler": "constant_with_warmup", "lr_warmup_steps": 200, "max_steps": args.max_steps,
         "ema_decay": 0.999, "caption_dropout": 0.1, "metadata_dropout": 0.1, "augment": True,
         "checkpoint_every": 200, "keep_checkpoints": 2, "validate_every": 1000, "validation_steps": 25,

@@ -138,3 +138,28 @@ def test_callback_sees_every_step(tiny_pipeline):
     steps = []
     tiny_pipeline("x", num_inference_steps=5, callback=lambda i, t, latents: steps.append(i))
     assert steps == list(range(5))
+
+
+def test_guidance_rescale_matches_the_conditional_spread(tiny_pipeline, monkeypatch):
+    conditional, guided = [], []
+    unet_forward, step = tiny_pipeline.unet.forward, tiny_pipeline.scheduler.step
+
+    def spy_unet(*args, **kwargs):
+        out = unet_forward(*args, **kwargs)
+        conditional.append(out[0].chunk(2)[1].clone())
+        return out
+
+    def spy_step(model_output, *args, **kwargs):
+        guided.append(model_output.clone())
+        return step(model_output, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_pipeline.unet, "forward", spy_unet)
+    monkeypatch.setattr(tiny_pipeline.scheduler, "step", spy_step)
+    plain = run(tiny_pipeline, guidance_scale=6.0, num_inference_steps=3)
+    conditional.clear(), guided.clear()
+    rescaled = run(tiny_pipeline, guidance_scale=6.0, num_inference_steps=3, guidance_rescale=1.0)
+    assert np.abs(plain - rescaled).max() > 1e-4
+    for cond, out in zip(conditional, guided, strict=True):
+        torch.testing.assert_close(out.std(dim=(1, 2, 3)), cond.std(dim=(1, 2, 3)), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match=r"guidance_rescale=1.5: must be in \[0, 1\]"):
+        tiny_pipeline("x", num_inference_steps=1, guidance_rescale=1.5)

@@ -247,3 +247,31 @@ def test_bf16_checkpointing_accumulation_snr_and_schedules_run(shared_data, tmp_
     assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents*"))
     pipe = DiffusionSatPipeline.from_pretrained(final)
     assert pipe.scheduler.config.prediction_type == "v_prediction"
+
+
+def test_fine_tunes_a_model_with_v_prediction_on_zero_terminal_snr(shared_data, tmp_path, tiny_model_dir):
+    cfg = load_config(overrides=base_overrides(shared_data, tmp_path / "run", max_steps=2, pretrained=str(tiny_model_dir),
+                                               prediction_type="v_prediction", zero_terminal_snr=True))
+    final = Trainer(cfg, build_dataset(cfg)).train()
+    assert_same_weights(tmp_path / "run" / "base", tiny_model_dir)  # starts from the given model
+    scheduler = DiffusionSatPipeline.from_pretrained(final).scheduler
+    assert scheduler.config.prediction_type == "v_prediction"
+    assert scheduler.config.rescale_betas_zero_snr and scheduler.config.timestep_spacing == "trailing"
+    assert float(scheduler.alphas_cumprod[-1]) == 0.0
+    scheduler.set_timesteps(25)
+    assert int(scheduler.timesteps[0]) == 999  # sampling starts from pure noise
+
+
+def test_fine_tuning_errors_are_clear(tmp_path, tiny_model_dir):
+    with pytest.raises(ValueError, match=r"zero_terminal_snr=True: needs prediction_type=v_prediction"):
+        load_config(overrides={"zero_terminal_snr": "true"})
+    with pytest.raises(ValueError, match=r"pretrained: only for task=generate"):
+        load_config(overrides={"pretrained": str(tiny_model_dir), "task": "superres"})
+    from diffusionsat.training.components import build_initial_pipeline
+
+    cfg = load_config(overrides={"preset": "small", "pretrained": str(tiny_model_dir)})
+    with pytest.raises(ValueError, match=r"generates 16 px but the run trains at 64 px"):
+        build_initial_pipeline(cfg, [])
+    cfg = load_config(overrides={"preset": "small", "pretrained": str(tmp_path)})
+    with pytest.raises(FileNotFoundError, match="expected a DiffusionSat model folder"):
+        build_initial_pipeline(cfg, [])

@@ -1,10 +1,14 @@
-"""The pipeline a run starts from: a preset built from scratch, or a pretrained SD-2.1-style folder."""
+"""The pipeline a run starts from: a preset built from scratch, a DiffusionSat model to fine-tune, or a
+pretrained SD-2.1-style folder; then the noise schedule the run trains with."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
 from pathlib import Path
+
+from diffusers import DDPMScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ..models.presets import PRESETS, build_pipeline, get_preset
 from ..models.sat_unet import SatUNet
@@ -37,24 +41,62 @@ def model_resolution(cfg: TrainConfig) -> int:
 
 
 def build_initial_pipeline(cfg: TrainConfig, captions: Iterable[str]) -> DiffusionSatPipeline:
-    """The untrained pipeline for ``cfg``: from scratch for tiny/small, from ``pretrained`` for sd21."""
+    """The starting pipeline for ``cfg``, with the noise schedule the run trains with.
+
+    tiny/small: from scratch, or with ``pretrained`` a DiffusionSat model folder (or ``default``) to
+    fine-tune; sd21: a Stable-Diffusion-2.1-style folder with metadata MLPs added.
+    """
     if cfg.preset == "sd21":
-        return load_sd21(cfg.pretrained, cfg.prediction_type)
-    preset = get_preset(cfg.preset)
-    if cfg.resolution and cfg.resolution != preset.resolution:
-        from dataclasses import replace
+        pipe = load_sd21(cfg.pretrained)
+    elif cfg.pretrained:
+        pipe = load_diffusionsat(cfg.pretrained, model_resolution(cfg))
+    else:
+        preset = get_preset(cfg.preset)
+        if cfg.resolution and cfg.resolution != preset.resolution:
+            from dataclasses import replace
 
-        preset = replace(preset, resolution=model_resolution(cfg))
-    return build_pipeline(preset, [*captions, " ".join(BASE_VOCABULARY)], seed=cfg.seed,
-                          prediction_type=cfg.prediction_type or "epsilon")
+            preset = replace(preset, resolution=model_resolution(cfg))
+        pipe = build_pipeline(preset, [*captions, " ".join(BASE_VOCABULARY)], seed=cfg.seed)
+    pipe.scheduler = training_scheduler(pipe.scheduler, cfg)
+    return pipe
 
 
-def load_sd21(path: str | None, prediction_type: str | None = None) -> DiffusionSatPipeline:
+def training_scheduler(scheduler: SchedulerMixin, cfg: TrainConfig) -> DDPMScheduler:
+    """A DDPM scheduler like ``scheduler`` with the run's prediction type and terminal-SNR choice.
+
+    Saved with the model, so sampling uses the same betas, parametrisation and timestep spacing.
+    """
+    changes: dict[str, object] = {}
+    if cfg.prediction_type and scheduler.config.prediction_type != cfg.prediction_type:
+        changes["prediction_type"] = cfg.prediction_type
+    if cfg.zero_terminal_snr is not None and bool(scheduler.config.get("rescale_betas_zero_snr")) != cfg.zero_terminal_snr:
+        changes["rescale_betas_zero_snr"] = cfg.zero_terminal_snr
+        changes["timestep_spacing"] = "trailing" if cfg.zero_terminal_snr else "leading"
+    if changes:
+        logger.info("training with %s (the starting model's scheduler differs)", changes)
+    return DDPMScheduler.from_config(scheduler.config, **changes)
+
+
+def load_diffusionsat(path: str, resolution: int) -> DiffusionSatPipeline:
+    """A DiffusionSat model folder (``default`` = the shipped model) to fine-tune."""
+    from ..loading import resolve_model
+
+    folder = resolve_model(path)
+    if not (Path(folder) / "model_index.json").is_file():
+        raise FileNotFoundError(f"pretrained={path!r}: expected a DiffusionSat model folder with model_index.json")
+    pipe = DiffusionSatPipeline.from_pretrained(folder)
+    if pipe.default_size != resolution:
+        raise ValueError(f"pretrained={path!r} generates {pipe.default_size} px but the run trains at "
+                         f"{resolution} px: set resolution to {pipe.default_size}")
+    return pipe
+
+
+def load_sd21(path: str | None) -> DiffusionSatPipeline:
     """A Stable-Diffusion-2.1-style folder → DiffusionSat pipeline with zero-initialised metadata MLPs.
 
     The pretrained model is unchanged at step 0: the metadata embeddings' output layers are zero.
     """
-    from diffusers import AutoencoderKL, DDPMScheduler
+    from diffusers import AutoencoderKL
     from transformers import AutoTokenizer, CLIPTextModel
 
     if path is None or not (Path(path) / "unet").is_dir():
@@ -66,8 +108,4 @@ def load_sd21(path: str | None, prediction_type: str | None = None) -> Diffusion
                                    low_cpu_mem_usage=False)
     unet.zero_init_metadata_embedding()
     scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
-    if prediction_type and scheduler.config.prediction_type != prediction_type:
-        logger.warning("pretrained scheduler predicts %s; training with %s as configured",
-                       scheduler.config.prediction_type, prediction_type)
-        scheduler = DDPMScheduler.from_config(scheduler.config, prediction_type=prediction_type)
     return DiffusionSatPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)

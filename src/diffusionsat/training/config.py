@@ -43,6 +43,9 @@ class TrainConfig:
     pretrained: str | None = None
     resolution: int | None = None
     prediction_type: str | None = None  # None: the scheduler config's (epsilon for our presets)
+    # rescale the betas to zero terminal SNR and sample with trailing timesteps (Lin et al. 2024):
+    # the model then sees pure noise at t=T, so the noise's low frequencies can't leak into colours
+    zero_terminal_snr: bool | None = None  # None: as the scheduler config says
     train_text_encoder: bool | None = None
     # optimisation
     seed: int = 0
@@ -94,6 +97,9 @@ class TrainConfig:
         need(self.learning_rate > 0, "learning_rate", "must be > 0")
         need(self.lr_warmup_steps >= 0, "lr_warmup_steps", "must be >= 0")
         need(self.prediction_type in (None, "epsilon", "v_prediction"), "prediction_type", "must be epsilon or v_prediction")
+        if self.zero_terminal_snr and self.prediction_type != "v_prediction":
+            raise ValueError("zero_terminal_snr=True: needs prediction_type=v_prediction "
+                             "(ε-prediction is undefined at zero signal-to-noise ratio)")
         need(self.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision", "must be no, fp16 or bf16")
         need(0.0 <= self.caption_dropout <= 1.0, "caption_dropout", "must be in [0, 1]")
         need(0.0 <= self.metadata_dropout <= 1.0, "metadata_dropout", "must be in [0, 1]")
@@ -113,6 +119,8 @@ class TrainConfig:
         need(self.sr_factor >= 2, "sr_factor", "must be >= 2")
         if self.task != "generate" and self.augment:
             raise ValueError("augment: only for task=generate (a task's condition must stay aligned with its target)")
+        if self.pretrained and self.task != "generate":
+            raise ValueError("pretrained: only for task=generate (a task's frozen model is base_model)")
         if self.preset == "sd21" and not self.pretrained:
             raise ValueError("preset='sd21' needs pretrained: a Stable-Diffusion-2.1-style diffusers folder")
         return self
