@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--seeds", type=int, default=6)
     parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--guidance", type=float, default=2.0)
     parser.add_argument("--scale", type=int, default=2, help="upscale factor of the grid (nearest) for viewing")
     args = parser.parse_args()
     pipe = load_pipeline(args.model)

@@ -68,7 +68,7 @@ def test_output_is_image_like_not_constant_or_noise(pipe, shared_data):
     noise = high_frequency_share(np.random.default_rng(0).random((64, 64, 3)))
     peru = SatMetadata(lat=-8.4, lon=-74.4, gsd=89.0, year=2005)
     for seed in range(3):
-        image = sample(pipe, peru, seed=seed, prompt=README_PROMPT, guidance=6.0)
+        image = sample(pipe, peru, seed=seed, prompt=README_PROMPT, guidance=2.0)
         assert image.std() > 0.02, "constant image"
         share = high_frequency_share(image)
         assert min(real) <= share <= max(real), (share, min(real), max(real))

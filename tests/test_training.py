@@ -273,5 +273,5 @@ def test_fine_tuning_errors_are_clear(tmp_path, tiny_model_dir):
     with pytest.raises(ValueError, match=r"generates 16 px but the run trains at 64 px"):
         build_initial_pipeline(cfg, [])
     cfg = load_config(overrides={"preset": "small", "pretrained": str(tmp_path)})
-    with pytest.raises(FileNotFoundError, match="expected a DiffusionSat model folder"):
+    with pytest.raises(FileNotFoundError, match="has no model_index.json"):
         build_initial_pipeline(cfg, [])

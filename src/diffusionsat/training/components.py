@@ -81,10 +81,7 @@ def load_diffusionsat(path: str, resolution: int) -> DiffusionSatPipeline:
     """A DiffusionSat model folder (``default`` = the shipped model) to fine-tune."""
     from ..loading import resolve_model
 
-    folder = resolve_model(path)
-    if not (Path(folder) / "model_index.json").is_file():
-        raise FileNotFoundError(f"pretrained={path!r}: expected a DiffusionSat model folder with model_index.json")
-    pipe = DiffusionSatPipeline.from_pretrained(folder)
+    pipe = DiffusionSatPipeline.from_pretrained(resolve_model(path))  # clear error if not a model folder
     if pipe.default_size != resolution:
         raise ValueError(f"pretrained={path!r} generates {pipe.default_size} px but the run trains at "
                          f"{resolution} px: set resolution to {pipe.default_size}")
