@@ -89,6 +89,11 @@ def build_parts(root: Path, held_out: bool = False) -> list[tuple[Source, Datase
     return [(source, part) for source, part in parts if len(part)]
 
 
+def record_key(source: Source, count: int) -> str:
+    """File stem of the ``count``-th held-out record: the same in every export, so they pair up."""
+    return f"{Path(source.pattern).parent.name or 'chip'}-{count:05d}"
+
+
 def export_heldout(root: Path, out: Path) -> int:
     """The held-out chips as PNG + JSON sidecars (caption, metadata, scene): `evaluate --data`."""
     import json
@@ -102,7 +107,7 @@ def export_heldout(root: Path, out: Path) -> int:
     for source, part in build_parts(root, held_out=True):
         for i in range(len(part)):
             sample = part[i]
-            key = f"{Path(source.pattern).parent.name or 'chip'}-{count:05d}"
+            key = record_key(source, count)
             Image.fromarray(to_uint8(sample["pixel_values"])).save(out / f"{key}.png")
             record = {"caption": sample["caption"], "metadata": sample["metadata"].to_dict()}
             if source.scene:
@@ -136,7 +141,7 @@ def export_nearest_training(root: Path, out: Path) -> int:
         for i in range(len(part)):
             lat, lon = centre(part[i])
             j = min(range(len(centres)), key=lambda k: (centres[k][0] - lat) ** 2 + (centres[k][1] - lon) ** 2)
-            key = f"{Path(source.pattern).parent.name or 'chip'}-{count:05d}"
+            key = record_key(source, count)
             Image.fromarray(to_uint8(train[j]["pixel_values"])).save(out / f"{key}.png")
             count += 1
     return count

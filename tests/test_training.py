@@ -275,3 +275,10 @@ def test_fine_tuning_errors_are_clear(tmp_path, tiny_model_dir):
     cfg = load_config(overrides={"preset": "small", "pretrained": str(tmp_path)})
     with pytest.raises(FileNotFoundError, match="has no model_index.json"):
         build_initial_pipeline(cfg, [])
+    # a model that already trains at zero terminal SNR cannot be switched to ε-prediction
+    from diffusionsat.training.components import training_scheduler
+
+    cfg = load_config(overrides={"prediction_type": "v_prediction", "zero_terminal_snr": "true"})
+    zero_snr = training_scheduler(DiffusionSatPipeline.from_pretrained(tiny_model_dir).scheduler, cfg)
+    with pytest.raises(ValueError, match="needs prediction_type=v_prediction, not epsilon"):
+        training_scheduler(zero_snr, load_config(overrides={"prediction_type": "epsilon"}))

@@ -238,10 +238,10 @@ class DiffusionSatPipeline(DiffusionPipeline):
                 model_input = self.scheduler.scale_model_input(model_input, t)
                 noise = self.unet(model_input, t, encoder_hidden_states=text, return_dict=False, **unet_kwargs)[0]
                 if do_cfg:
-                    conditional = noise.chunk(branches)[-1]
-                    noise = combine_guidance(noise, guidance_scale, metadata_guidance_scale if three_branch else None)
+                    guided = combine_guidance(noise, guidance_scale, metadata_guidance_scale if three_branch else None)
                     if guidance_rescale > 0:
-                        noise = rescale_guidance(noise, conditional, guidance_rescale)
+                        guided = rescale_guidance(guided, noise.chunk(branches)[-1], guidance_rescale)
+                    noise = guided
                 latents = self.scheduler.step(noise, t, latents, **extra_step_kwargs, return_dict=False)[0]
                 if callback is not None:
                     callback(i, int(t), latents)

@@ -74,7 +74,11 @@ def training_scheduler(scheduler: SchedulerMixin, cfg: TrainConfig) -> DDPMSched
         changes["timestep_spacing"] = "trailing" if cfg.zero_terminal_snr else "leading"
     if changes:
         logger.info("training with %s (the starting model's scheduler differs)", changes)
-    return DDPMScheduler.from_config(scheduler.config, **changes)
+    trained = DDPMScheduler.from_config(scheduler.config, **changes)
+    if trained.config.rescale_betas_zero_snr and trained.config.prediction_type != "v_prediction":
+        raise ValueError("zero_terminal_snr: the starting model's betas reach zero SNR, which needs "
+                         f"prediction_type=v_prediction, not {trained.config.prediction_type}")
+    return trained
 
 
 def load_diffusionsat(path: str, resolution: int) -> DiffusionSatPipeline:
