@@ -13,6 +13,13 @@ and trailing timesteps, so sampling starts from pure noise and no seed-dependent
 
     python scripts/train_default_model.py --out runs/default-model-v --init runs/default-model/model
 
+Version 2 (issue: default model v2) adds UC Merced's 21 land-use classes (64 per class for
+training, 16 held out by a seeded per-class split; 256 px resized to 64 px, so 1.2 m GSD), seen
+twice per epoch beside the georeferenced chips, and fine-tunes version 1 (the vocabulary grows by
+the class words; every word version 1 knew keeps its id):
+
+    python scripts/train_default_model.py --out runs/default-model-v2 --init default --ucmerced
+
 Runs resume from the latest checkpoint, so several runs of at most two hours each add up.
 """
 
@@ -27,10 +34,12 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from diffusionsat.data.geotiff import GeoTiffChips
 from diffusionsat.data.transforms import SelectBands
+from diffusionsat.data.ucmerced import UCMerced
 from diffusionsat.training import Trainer, load_config
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESOLUTION = 64
+UCM_REPEAT = 2  # UC Merced images per epoch = 2 × 1,344: about 45 % of each batch
 
 
 @dataclass(frozen=True)
@@ -68,9 +77,17 @@ def split_files(source: Source, root: Path) -> tuple[list[Path], list[Path]]:
     return train, held
 
 
-def build(root: Path, held_out: bool = False) -> Dataset:
+def build(root: Path, held_out: bool = False, ucmerced: bool = False) -> Dataset:
     """The training chips (or, with ``held_out``, the evaluation chips) of every source."""
-    return ConcatDataset([part for _, part in build_parts(root, held_out)])
+    parts = [part for _, part in build_parts(root, held_out)]
+    if ucmerced:
+        parts += [ucm_split(root, held_out)] * (1 if held_out else UCM_REPEAT)
+    return ConcatDataset(parts)
+
+
+def ucm_split(root: Path, held_out: bool) -> UCMerced:
+    """UC Merced at the model's size; the per-class seeded split (seed 0, 20 % held out)."""
+    return UCMerced(root / "ucmerced", "heldout" if held_out else "train", size=RESOLUTION, seed=0)
 
 
 def build_parts(root: Path, held_out: bool = False) -> list[tuple[Source, Dataset]]:
@@ -94,8 +111,11 @@ def record_key(source: Source, count: int) -> str:
     return f"{Path(source.pattern).parent.name or 'chip'}-{count:05d}"
 
 
-def export_heldout(root: Path, out: Path) -> int:
-    """The held-out chips as PNG + JSON sidecars (caption, metadata, scene): `evaluate --data`."""
+def export_heldout(root: Path, out: Path, ucmerced: bool = False) -> int:
+    """The held-out chips as PNG + JSON sidecars (caption, metadata, scene): `evaluate --data`.
+
+    With ``ucmerced`` the held-out UC Merced images follow, their scene ``ucm-<class>``.
+    """
     import json
 
     from PIL import Image
@@ -112,6 +132,16 @@ def export_heldout(root: Path, out: Path) -> int:
             record = {"caption": sample["caption"], "metadata": sample["metadata"].to_dict()}
             if source.scene:
                 record["scene"] = source.scene
+            (out / f"{key}.json").write_text(json.dumps(record))
+            count += 1
+    if ucmerced:
+        ucm = ucm_split(root, held_out=True)
+        for i in range(len(ucm)):
+            sample = ucm[i]
+            key = f"ucmerced-{sample['key'][4:]}"
+            Image.fromarray(to_uint8(sample["pixel_values"])).save(out / f"{key}.png")
+            record = {"caption": sample["caption"], "metadata": sample["metadata"].to_dict(),
+                      "scene": f"ucm-{sample['class_name']}", "class": sample["class_name"]}
             (out / f"{key}.json").write_text(json.dumps(record))
             count += 1
     return count
@@ -153,6 +183,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(SHARED))
     parser.add_argument("--max-steps", type=int, default=30000)
     parser.add_argument("--init", metavar="MODEL", help="fine-tune this model with v-prediction and zero terminal SNR")
+    parser.add_argument("--ucmerced", action="store_true", help="add UC Merced's 21 classes (version 2)")
     parser.add_argument("--learning-rate", type=float, default=None, help="default 3e-4 (2e-4 with --init)")
     parser.add_argument("--export", action="store_true", help="write out/model from the latest checkpoint and stop")
     parser.add_argument("--export-heldout", metavar="DIR", help="write the held-out chips for `evaluate` and stop")
@@ -161,13 +192,13 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     if args.export_heldout:
-        logging.info("%d held-out chips written", export_heldout(Path(args.data), Path(args.export_heldout)))
+        logging.info("%d held-out chips written", export_heldout(Path(args.data), Path(args.export_heldout), args.ucmerced))
         return
     if args.export_nearest:
         logging.info("%d nearest training chips written", export_nearest_training(Path(args.data), Path(args.export_nearest)))
         return
 
-    dataset = build(Path(args.data))
+    dataset = build(Path(args.data), ucmerced=args.ucmerced)
     stage = {"pretrained": args.init, "prediction_type": "v_prediction", "zero_terminal_snr": True} if args.init else {}
     learning_rate = args.learning_rate or (2e-4 if args.init else 3e-4)
     cfg = load_config(overrides={
@@ -176,7 +207,10 @@ def main() -> None:
         "ema_decay": 0.999, "caption_dropout": 0.1, "metadata_dropout": 0.1, "augment": True,
         "checkpoint_every": 200, "keep_checkpoints": 2, "validate_every": 1000, "validation_steps": 25,
         "validation_prompts": ["a satellite image in United States of America at 5 m resolution",
-                               "a satellite image in Peru at 89 m resolution"],
+                               "a satellite image in Peru at 89 m resolution",
+                               *(["a satellite image of a harbor in United States of America at 1.2 m resolution",
+                                  "a satellite image of dense residential in United States of America at 1.2 m resolution"]
+                                 if args.ucmerced else [])],
         "validation_metadata": [{"lat": 47.0, "lon": -99.2, "gsd": 5, "date": "2016-07-15"},
                                 {"lat": 47.0, "lon": -99.2, "gsd": 5, "date": "2016-01-15"},
                                 {"lat": -8.4, "lon": -74.4, "gsd": 89, "date": "2000"}],

@@ -12,6 +12,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ..models.presets import PRESETS, build_pipeline, get_preset
 from ..models.sat_unet import SatUNet
+from ..models.text import extend_caption_vocabulary
 from ..pipelines import DiffusionSatPipeline
 from .config import TrainConfig
 
@@ -44,12 +45,15 @@ def build_initial_pipeline(cfg: TrainConfig, captions: Iterable[str]) -> Diffusi
     """The starting pipeline for ``cfg``, with the noise schedule the run trains with.
 
     tiny/small: from scratch, or with ``pretrained`` a DiffusionSat model folder (or ``default``) to
-    fine-tune; sd21: a Stable-Diffusion-2.1-style folder with metadata MLPs added.
+    fine-tune, its word-level vocabulary extended by the new captions' words; sd21: a Stable-Diffusion-2.1-style folder with metadata MLPs added.
     """
     if cfg.preset == "sd21":
         pipe = load_sd21(cfg.pretrained)
     elif cfg.pretrained:
         pipe = load_diffusionsat(cfg.pretrained, model_resolution(cfg))
+        pipe.tokenizer, added = extend_caption_vocabulary(pipe.tokenizer, pipe.text_encoder, captions)
+        if added:
+            logger.info("%d new caption words added to the vocabulary: %s", len(added), " ".join(added[:40]))
     else:
         preset = get_preset(cfg.preset)
         if cfg.resolution and cfg.resolution != preset.resolution:
