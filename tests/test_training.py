@@ -282,3 +282,25 @@ def test_fine_tuning_errors_are_clear(tmp_path, tiny_model_dir):
     zero_snr = training_scheduler(DiffusionSatPipeline.from_pretrained(tiny_model_dir).scheduler, cfg)
     with pytest.raises(ValueError, match="needs prediction_type=v_prediction, not epsilon"):
         training_scheduler(zero_snr, load_config(overrides={"prediction_type": "epsilon"}))
+
+
+def test_fine_tuning_adds_new_caption_words_and_keeps_the_old_ones(tmp_path, tiny_model_dir):
+    import torch
+
+    from diffusionsat.training.components import build_initial_pipeline
+
+    old = DiffusionSatPipeline.from_pretrained(tiny_model_dir)
+    cfg = load_config(overrides={"preset": "tiny", "pretrained": str(tiny_model_dir), "output_dir": str(tmp_path)})
+    pipe = build_initial_pipeline(cfg, ["a satellite image of a harbor in peru", "a tennis court"])
+    old_vocab, new_vocab = old.tokenizer.get_vocab(), pipe.tokenizer.get_vocab()
+    assert all(new_vocab[w] == i for w, i in old_vocab.items())  # every known word keeps its id
+    assert {"harbor", "tennis", "court"} <= set(new_vocab) - set(old_vocab)
+    assert pipe.text_encoder.get_input_embeddings().weight.shape[0] == len(new_vocab)
+    prompt = "a satellite image of a river in peru"
+    with torch.no_grad():
+        before = old.text_encoder(**old.tokenizer(prompt, return_tensors="pt")).last_hidden_state
+        after = pipe.text_encoder(**pipe.tokenizer(prompt, return_tensors="pt")).last_hidden_state
+    torch.testing.assert_close(before, after)  # the model is unchanged for prompts it knew
+    assert pipe.tokenizer("a harbor").input_ids[2] == new_vocab["harbor"]
+    pipe.save_pretrained(tmp_path / "saved")
+    assert DiffusionSatPipeline.from_pretrained(tmp_path / "saved").tokenizer.get_vocab() == new_vocab

@@ -29,15 +29,17 @@ from .main import InputError, cli
 @click.option("--sr-factor", type=int, default=4, show_default=True, help="superres: degradation factor without --lowres.")
 @click.option("--mask-vector", type=click.Path(exists=True, dir_okay=False), help="inpaint: GeoJSON to rasterise as masks.")
 @click.option("--mask-boxes", type=int, default=3, show_default=True, help="inpaint: random boxes without --mask-vector.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random boxes, and UC Merced's per-class split.")
+@click.option("--split", type=click.Choice(["train", "heldout", "all"]), default="all", show_default=True,
+              help="UC Merced folders: the seeded per-class split to write (80 %% train / 20 %% held out).")
 @click.option("--no-stack-bands", is_flag=True, help="Keep single-band files (<scene>_B4.tif, ...) apart instead of "
               "stacking the bands of one scene.")
 @click.option("--overwrite", is_flag=True, help="Replace an output folder prepared with other settings.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def prepare_data_command(inputs, out, chip_size, task, date_pattern, bands, band_names, nodata, resize, stride, max_nodata,
                          shard_size, sensor, countries, num_frames, lowres, sr_factor, mask_vector, mask_boxes, seed,
-                         no_stack_bands, overwrite, no_progress) -> None:
-    """Cut scenes, folders, manifests or fMoW trees into WebDataset shards.
+                         split, no_stack_bands, overwrite, no_progress) -> None:
+    """Cut scenes, folders, manifests, fMoW trees or UC Merced into WebDataset shards.
 
     \b
     Examples:
@@ -46,6 +48,7 @@ def prepare_data_command(inputs, out, chip_size, task, date_pattern, bands, band
       diffusionsat prepare-data ../shared/data/naip-timeseries --out data/naip-t --chip-size 128 \\
           --task temporal --num-frames 4 --date-pattern '*_{YYYYMMDD}.tif'
       diffusionsat prepare-data pan1.tif --lowres ms1.tif --task superres --chip-size 128 --out data/sr
+      diffusionsat prepare-data ../shared/data/ucmerced --chip-size 256 --resize 64 --split train --out data/ucm
     """
     from tqdm.auto import tqdm
 
@@ -55,7 +58,7 @@ def prepare_data_command(inputs, out, chip_size, task, date_pattern, bands, band
         inputs=list(inputs), chip_size=chip_size, task=task, stride=stride, resize=resize, bands=bands,
         band_names=band_names, nodata=nodata, date_pattern=date_pattern, max_nodata=max_nodata, shard_size=shard_size,
         sensor=sensor, countries=countries, num_frames=num_frames, sr_factor=sr_factor, lowres=lowres,
-        mask_vector=mask_vector, mask_boxes=mask_boxes, seed=seed, stack_bands=not no_stack_bands,
+        mask_vector=mask_vector, mask_boxes=mask_boxes, seed=seed, stack_bands=not no_stack_bands, split=split,
     )
     progress = None if no_progress else (lambda it: tqdm(it, desc="samples", unit="chip"))
     summary = prepare_data(cfg, out, overwrite=overwrite, progress=progress)

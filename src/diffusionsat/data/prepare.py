@@ -1,4 +1,4 @@
-"""``prepare-data``: scenes, folders, manifests or fMoW trees → WebDataset shards + manifest + summary.
+"""``prepare-data``: scenes, folders, manifests, fMoW trees or UC Merced → WebDataset shards + manifest + summary.
 
 Output folder layout::
 
@@ -14,6 +14,7 @@ repeated (idempotent); a different configuration needs ``overwrite=True``.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -73,6 +74,7 @@ class PrepareConfig:
     mask_boxes: int = 3
     seed: int = 0
     stack_bands: bool = True
+    split: str = "all"  # UC Merced folders: train / heldout / all (the dataset's seeded per-class split)
 
     def validate(self) -> PrepareConfig:
         if self.task not in TASKS:
@@ -87,6 +89,8 @@ class PrepareConfig:
             raise ValueError(f"shard_size={self.shard_size}: must be ≥ 1")
         if not self.inputs:
             raise ValueError("no inputs given")
+        if self.split not in ("train", "heldout", "all"):
+            raise ValueError(f"split={self.split!r}; allowed train, heldout, all")
         return self
 
     def digest(self) -> str:
@@ -121,6 +125,39 @@ class _Stats:
 def _row(key: str, shard: str, source: str, caption: str, meta: SatMetadata) -> dict[str, Any]:
     return {"key": key, "shard": shard, "path": source, "caption": caption, "lat": meta.lat, "lon": meta.lon,
             "gsd": meta.gsd, "cloud_cover": meta.cloud_cover, "date": meta.date_string()}
+
+
+def _split_ucmerced(inputs: Sequence[str]) -> tuple[list[str], list[Path]]:
+    """(other inputs, UC Merced folders): a folder with the 21 class sub-folders is a labelled set."""
+    from .ucmerced import is_ucmerced_folder
+
+    ucm = [Path(p) for p in inputs if is_ucmerced_folder(p)]
+    return [p for p in inputs if Path(p) not in ucm], ucm
+
+
+def _ucmerced_items(cfg: PrepareConfig, roots: list[Path], stats: _Stats) -> Iterator[tuple[str, dict[str, Any], SatMetadata, str, str]]:
+    """Whole UC Merced images (``resize`` applies, GSD and caption follow) with their class."""
+    from .transforms import to_uint8
+    from .ucmerced import UCMerced
+
+    for root in roots:
+        dataset = UCMerced(root, cfg.split, size=cfg.resize, seed=cfg.seed)
+        for i in range(len(dataset)):
+            path = dataset.records[i][0]
+            try:
+                sample = dataset[i]
+            except DataError as err:
+                stats.skipped.append(Skipped(str(path), err.problem))
+                continue
+            image = np.moveaxis(to_uint8(sample["pixel_values"]), -1, 0)
+            meta, text = sample["metadata"], sample["caption"]
+            ext, data = encode_image(image)
+            record = {"key": sample["key"], "metadata": meta.to_dict(), "caption": text, "source": str(path),
+                      "class": sample["class_name"], "label": sample["label"], "split": cfg.split,
+                      "caption_fields": sample["caption_fields"], "caption_template": sample["caption_template"],
+                      "pixel_range": [[0.0] * 3, [255.0] * 3], "dtype": "uint8", "shape": list(image.shape)}
+            stats.files_used += 1
+            yield sample["key"], {ext: data, "json": record, "txt": text}, meta, text, str(path)
 
 
 def _classify(inputs: Sequence[str], stack_bands: bool = True) -> tuple[list[Any], list[Path], list[tuple[Path, Path]], list[Skipped]]:
@@ -298,13 +335,14 @@ def prepare_data(config: PrepareConfig, out: str | os.PathLike, *, overwrite: bo
     elif out.exists() and any(out.iterdir()) and not overwrite:
         raise OutputExistsError(f"output folder {str(out)!r} exists and is not empty (use --overwrite)")
 
-    rasters, manifests, pairs, skipped = _classify(cfg.inputs, cfg.stack_bands)
+    inputs, ucmerced = _split_ucmerced(cfg.inputs)
+    rasters, manifests, pairs, skipped = _classify(inputs, cfg.stack_bands)
     stats = _Stats(skipped=skipped)
     if cfg.task == "generate":
-        items = _generate_items(cfg, rasters, manifests, pairs, stats)
+        items = itertools.chain(_ucmerced_items(cfg, ucmerced, stats), _generate_items(cfg, rasters, manifests, pairs, stats))
     else:
-        if manifests or pairs:
-            for p in [*manifests, *(j for _, j in pairs)]:
+        if manifests or pairs or ucmerced:
+            for p in [*manifests, *(j for _, j in pairs), *ucmerced]:
                 stats.skipped.append(Skipped(str(p), f"task {cfg.task!r} takes rasters only"))
         items = _task_items(cfg, rasters, stats)
     if progress is not None:

@@ -61,6 +61,12 @@ COUNTRY = "United States of America"
 SPLITS = ("train", "heldout", "all")
 
 
+def is_ucmerced_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a UC Merced folder: every class has its sub-folder."""
+    root = Path(path)
+    return root.is_dir() and all((root / name).is_dir() for name in CLASSES)
+
+
 def ucm_caption(class_name: str, gsd: float | None, dropout: float = 0.0, rng: random.Random | None = None) -> str:
     """``"a satellite image of a harbor in United States of America at 0.3 m resolution"``."""
     fields = {"class": CLASS_WORDS[class_name], "country": COUNTRY, "scale": scale_phrase(gsd)}

@@ -25,10 +25,12 @@ def _is_shards(entry: str) -> bool:
 
 def build_dataset(cfg: TrainConfig) -> Dataset:
     """GeoTIFF scenes/folders → chips; ``.tar``/folders of shards/URLs → streamed shards;
-    manifests → their rows. Every sample is resized to the model's resolution (GSD scales)."""
+    manifests → their rows; UC Merced folders → their training split (seeded by ``seed``).
+    Every sample is resized to the model's resolution (GSD scales)."""
     from ..data.geotiff import GeoTiffChips
     from ..data.shards import ShardDataset
     from ..data.transforms import Resize
+    from ..data.ucmerced import UCMerced, is_ucmerced_folder
 
     if not cfg.data:
         raise ValueError("data: no training data given (a list of GeoTIFFs, folders, shards or manifests)")
@@ -42,12 +44,13 @@ def build_dataset(cfg: TrainConfig) -> Dataset:
         return _limit(build_task_dataset(cfg, resolution), cfg.max_samples)
     shards = [d for d in cfg.data if _is_shards(d)]
     manifests = [d for d in cfg.data if d.endswith(MANIFEST_SUFFIXES)]
-    rasters = [d for d in cfg.data if d not in shards and d not in manifests]
+    ucmerced = [d for d in cfg.data if d not in shards and is_ucmerced_folder(d)]
+    rasters = [d for d in cfg.data if d not in shards and d not in manifests and d not in ucmerced]
     if shards and (rasters or manifests):
         raise ValueError("data: mix of streamed shards and files; convert the files with `diffusionsat prepare-data`")
     if shards:
         return ShardDataset(shards, shuffle_buffer=1000, seed=cfg.seed, transform=Resize(resolution))
-    parts: list[Dataset] = []
+    parts: list[Dataset] = [UCMerced(d, "train", size=resolution, seed=cfg.seed) for d in ucmerced]
     if rasters:
         chips = GeoTiffChips(rasters, chip_size=cfg.chip_size or resolution, resize_to=resolution,
                              bands=cfg.bands, date_pattern=cfg.date_pattern, max_nodata=cfg.max_nodata,
