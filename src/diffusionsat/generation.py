@@ -17,6 +17,20 @@ MAX_IMAGES = 64
 MAX_SIDE = 2048
 
 
+def check_text(name: str, text: str | None) -> None:
+    """Refuse text that is not valid Unicode (a lone surrogate, e.g. undecodable bytes in argv).
+
+    The tokenizer would otherwise fail deep inside with a ``TypeError``, and JSON answers that echo
+    it could not be encoded.
+    """
+    if text is None:
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"{name}: not valid UTF-8 text (undecodable character at position {err.start})") from None
+
+
 @dataclass
 class GenerationRequest:
     """What to generate; validated in :meth:`validate` before any model is loaded."""
@@ -36,6 +50,8 @@ class GenerationRequest:
     def validate(self) -> GenerationRequest:
         if not isinstance(self.prompt, str):
             raise ValueError("prompt: must be a string")
+        for name in ("prompt", "negative_prompt"):
+            check_text(name, getattr(self, name))
         if not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
             raise ValueError(f"steps={self.steps!r}: out of range; allowed [1, 1000]")
         for name in ("guidance_scale", "metadata_guidance_scale"):
@@ -46,8 +62,10 @@ class GenerationRequest:
             raise ValueError(f"num_images={self.num_images!r}: out of range; allowed [1, {MAX_IMAGES}]")
         for name in ("width", "height"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or not 8 <= value <= MAX_SIDE or value % 8):
-                raise ValueError(f"{name}={value!r}: must be a multiple of 8 in [8, {MAX_SIDE}]")
+            if value is not None and (not isinstance(value, int) or not 8 <= value <= MAX_SIDE):
+                raise ValueError(f"{name}={value!r}: out of range; allowed [8, {MAX_SIDE}] pixels")
+            if value is not None and value % 8:
+                raise ValueError(f"{name}={value!r}: must be a multiple of 8")
         if self.scheduler is not None:
             from .schedulers import SCHEDULERS
 
