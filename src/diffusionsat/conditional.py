@@ -510,8 +510,9 @@ def save_task_result(
     model: str,
     model_version: str | None,
     overwrite: bool = False,
+    staging: Any = None,
 ) -> OutputPaths:
-    """PNG + GeoTIFF (on the result's grid) + JSON sidecar."""
+    """PNG + GeoTIFF (on the result's grid) + JSON sidecar (all or none; ``staging``: see ``save_generated``)."""
     record = GenerationRecord(
         prompt=prompt, metadata=result.metadata, seed=result.seed, steps=steps, guidance_scale=guidance_scale,
         scheduler=scheduler, width=int(result.image.shape[1]), height=int(result.image.shape[0]), model=model,
@@ -520,4 +521,4 @@ def save_task_result(
     if paths.geotiff is not None and result.crs is None:
         paths = OutputPaths(png=paths.png, sidecar=paths.sidecar, geotiff=None)
     return save_generated(result.image, paths, record, model_version=model_version, crs=result.crs,
-                          transform=result.transform, overwrite=overwrite)
+                          transform=result.transform, overwrite=overwrite, staging=staging)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .fileio import atomic_files
 from .metadata import SatMetadata
 from .outputs import GenerationRecord, OutputPaths, save_generated
 from .schedulers import make_scheduler, scheduler_name
@@ -117,21 +118,27 @@ def save_images(
     scheduler: str,
     overwrite: bool = False,
 ) -> list[OutputPaths]:
-    """Write each image with its sidecar (and GeoTIFF when its path is set)."""
+    """Write each image with its sidecar (and GeoTIFF when its path is set): all files or none."""
     written = []
-    for image, seed, path in zip(images, seeds, paths):
-        record = GenerationRecord(
-            prompt=request.prompt,
-            metadata=request.metadata,
-            seed=seed,
-            steps=request.steps,
-            guidance_scale=request.guidance_scale,
-            metadata_guidance_scale=request.metadata_guidance_scale,
-            negative_prompt=request.negative_prompt,
-            scheduler=scheduler,
-            width=image.size[0],
-            height=image.size[1],
-            model=model if not Path(model).exists() else Path(model).name,
-        )
-        written.append(save_generated(image, path, record, model_version=model_version, overwrite=overwrite))
+    with atomic_files([p for op in paths[:len(images)] for p in op.all()], overwrite=overwrite) as staging:
+        for image, seed, path in zip(images, seeds, paths):
+            written.append(_save_one(image, seed, request, path, model, model_version, scheduler, staging))
     return written
+
+
+def _save_one(image, seed: int, request: GenerationRequest, path: OutputPaths, model: str, model_version: str | None,
+              scheduler: str, staging: Mapping[Path, Path]) -> OutputPaths:
+    record = GenerationRecord(
+        prompt=request.prompt,
+        metadata=request.metadata,
+        seed=seed,
+        steps=request.steps,
+        guidance_scale=request.guidance_scale,
+        metadata_guidance_scale=request.metadata_guidance_scale,
+        negative_prompt=request.negative_prompt,
+        scheduler=scheduler,
+        width=image.size[0],
+        height=image.size[1],
+        model=model if not Path(model).exists() else Path(model).name,
+    )
+    return save_generated(image, path, record, model_version=model_version, staging=staging)

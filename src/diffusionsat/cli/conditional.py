@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from .. import conditional as tasks
+from ..fileio import atomic_files
 from ..loading import model_version, resolve_model
 from ..outputs import check_outputs, output_paths
 from ..schedulers import SCHEDULERS, make_scheduler, scheduler_name
@@ -247,18 +248,20 @@ def _controlled_generate(original, control, controlnet, **kwargs):
     check_outputs(paths, kwargs["overwrite"])
     pipe, location = _load(kwargs["model"], controlnet, kwargs["device"], scheduler, "control")
     seed = _seed(kwargs["seed"])
-    for i, path in enumerate(paths):
-        result = tasks.controlled_generation(
-            pipe, raster, kind, prompt=prompt, metadata=overrides, seed=seed + i,
-            num_inference_steps=steps, guidance_scale=guidance, metadata_guidance_scale=kwargs["metadata_guidance"],
-            negative_prompt=kwargs["negative_prompt"],
-        )
-        written = tasks.save_task_result(
+    results = [tasks.controlled_generation(
+        pipe, raster, kind, prompt=prompt, metadata=overrides, seed=seed + i,
+        num_inference_steps=steps, guidance_scale=guidance, metadata_guidance_scale=kwargs["metadata_guidance"],
+        negative_prompt=kwargs["negative_prompt"],
+    ) for i in range(len(paths))]
+    model_name = Path(location).name if Path(location).exists() else location
+    with atomic_files([p for op in paths for p in op.all()], overwrite=kwargs["overwrite"]) as staging:
+        written = [tasks.save_task_result(
             result, path, task="control", prompt=prompt, steps=steps, guidance_scale=guidance,
-            scheduler=scheduler_name(pipe.scheduler), model=Path(location).name if Path(location).exists() else location,
-            model_version=model_version(location), overwrite=kwargs["overwrite"],
-        )
-        click.echo(" ".join(str(p) for p in written.all()))
+            scheduler=scheduler_name(pipe.scheduler), model=model_name, model_version=model_version(location),
+            staging=staging,
+        ) for result, path in zip(results, paths)]
+    for item in written:
+        click.echo(" ".join(str(p) for p in item.all()))
 
 
 def _hook_generate() -> None:

@@ -56,7 +56,10 @@ def serve(host, port, model, token, max_queue, workers, device, output_dir, job_
     except ModuleNotFoundError as err:
         raise InputError(f"the server needs the 'serve' extra: pip install 'diffusionsat[serve]' ({err.name} missing)") from None
     try:
+        from ..validation import check_device
+
         check_bind(host, token)  # before loading any model
+        check_device(device)
     except ValueError as err:  # InsecureBindError included
         raise InputError(str(err)) from None
     from ..loading import resolve_model

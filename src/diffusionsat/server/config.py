@@ -72,7 +72,10 @@ class ServerConfig:
     reaper_interval: float = 1.0
 
     def validate(self) -> ServerConfig:
+        from ..validation import check_device
+
         check_bind(self.host, self.token)
+        check_device(self.device)
         if not 1 <= self.workers <= 64:
             raise ValueError(f"workers={self.workers!r}: out of range; allowed [1, 64]")
         if not 0 <= self.max_queue <= 10_000:

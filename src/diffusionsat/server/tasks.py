@@ -24,6 +24,7 @@ from ..generation import GenerationRequest, generate_images, save_images
 from ..loading import load_pipeline, model_version, read_model_card, resolve_model
 from ..outputs import output_paths
 from ..schedulers import SCHEDULERS, scheduler_name
+from ..validation import check_weights
 from .jobs import Job, JobResult, install_cancel_hooks
 from .uploads import UploadedImage
 
@@ -82,6 +83,7 @@ def load_controlnets(folder: Path, device: Any) -> dict[str, Any]:
     nets = {}
     for task, path in find_controlnets(folder).items():
         if path not in loaded:
+            check_weights(path)
             loaded[path] = controlnet_class(path).from_pretrained(str(path)).to(device)
             logger.info("loaded %s from %s for %s", type(loaded[path]).__name__, path.name, task)
         nets[task] = loaded[path]
