@@ -76,8 +76,16 @@ class GenerationRecord:
 
 
 def output_paths(out: str | os.PathLike, count: int, geotiff: bool) -> list[OutputPaths]:
-    """File names for ``count`` images: ``out.png`` or ``out_0.png``, ``out_1.png``, … ."""
+    """File names for ``count`` images: ``out.png`` or ``out_0.png``, ``out_1.png``, … .
+
+    ``out`` naming an existing folder or a non-file (``/dev/full``) is refused, not turned into
+    ``folder.png`` beside it.
+    """
     base = Path(out)
+    if base.is_dir():
+        raise IsADirectoryError(f"--out {str(base)!r} is a folder; give a file name such as {str(base / 'image.png')!r}")
+    if base.exists() and not base.is_file():
+        raise ValueError(f"--out {str(base)!r} is not a regular file (a device or pipe); give a file name")
     if base.suffix.lower() in (".png", ".tif", ".tiff", ".json"):
         base = base.with_suffix("")
     stems = [base] if count == 1 else [base.with_name(f"{base.name}_{i}") for i in range(count)]

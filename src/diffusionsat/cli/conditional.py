@@ -33,6 +33,8 @@ def task_options(func):
         click.option("--tile", type=int, default=None, help="Tile size in model pixels (default: the model's native size)."),
         click.option("--overlap", type=int, default=None, help="Tile overlap in model pixels (default: tile/4)."),
         click.option("--out", default=None, help="Output PNG path (default: INPUT_<task>.png)."),
+        click.option("--max-pixels", type=click.IntRange(64, None), default=tasks.DEFAULT_MAX_INPUT_PIXELS,
+                     show_default=True, help="Largest input (or --window) read, in pixels; checked from the header."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -109,7 +111,7 @@ Examples:
 @task_options
 @metadata_options
 @sampling_options
-def superres(inputs, scale, reproject, prompt, controlnet, bands, window, tile, overlap, out, lat, lon, gsd,
+def superres(inputs, scale, reproject, prompt, controlnet, bands, window, tile, overlap, out, max_pixels, lat, lon, gsd,
              cloud_cover, cloud_percent, date, seed, steps, guidance, metadata_guidance, scheduler, model, device,
              overwrite):
     """Super-resolve low-res raster INPUTS (one, or several dates of one place) to RGB SCALE times finer.
@@ -121,12 +123,14 @@ def superres(inputs, scale, reproject, prompt, controlnet, bands, window, tile, 
         raise InputError(f"--scale={scale}: out of range; allowed [1, 16]")
     _check_sampling(steps, guidance, scheduler, tile, overlap)
     overrides = _overrides(lat, lon, gsd, cloud_cover, cloud_percent, date)
+    parsed = tasks.parse_window(window)
+    for path in inputs:  # from the headers, before any model loads
+        tasks.check_input_size(path, parsed, max_pixels)
     pipe, location = _load(model, controlnet, device, scheduler, "superres")
     trained = tasks.controlnet_bands(pipe)
     chosen = bands or (",".join(trained) if trained else None)
-    parsed = tasks.parse_window(window)
     try:
-        rasters = [tasks.read_input(p, bands=chosen, window=parsed) for p in inputs]
+        rasters = [tasks.read_input(p, bands=chosen, window=parsed, max_pixels=max_pixels) for p in inputs]
     except ValueError as err:
         if bands is None and trained and "not found" in str(err):
             raise InputError(f"{err}; this ControlNet was trained on {', '.join(trained)}: pick them with --bands "
@@ -158,7 +162,7 @@ Examples:
 @metadata_options
 @sampling_options
 def temporal(frames, target_date, frame_dates, date_pattern, reproject, prompt, controlnet, bands, window, tile,
-             overlap, out, lat, lon, gsd, cloud_cover, cloud_percent, date, seed, steps, guidance, metadata_guidance,
+             overlap, out, max_pixels, lat, lon, gsd, cloud_cover, cloud_percent, date, seed, steps, guidance, metadata_guidance,
              scheduler, model, device, overwrite):
     """Generate the image of a place at --target-date from FRAMES of it at other dates (any order).
 
@@ -176,7 +180,7 @@ def temporal(frames, target_date, frame_dates, date_pattern, reproject, prompt, 
     _check_sampling(steps, guidance, scheduler, tile, overlap)
     overrides = _overrides(lat, lon, gsd, cloud_cover, cloud_percent, None)
     parsed = tasks.parse_window(window)
-    rasters = [tasks.read_input(p, bands=bands, window=parsed, date=d, date_pattern=date_pattern)
+    rasters = [tasks.read_input(p, bands=bands, window=parsed, date=d, date_pattern=date_pattern, max_pixels=max_pixels)
                for p, d in zip(frames, dates)]
     undated = [r.path.name for r in rasters if r.metadata.year is None]
     if undated:
@@ -204,7 +208,7 @@ Examples:
 @task_options
 @metadata_options
 @sampling_options
-def inpaint(image, mask_path, geojson, prompt, controlnet, bands, window, tile, overlap, out, lat, lon, gsd,
+def inpaint(image, mask_path, geojson, prompt, controlnet, bands, window, tile, overlap, out, max_pixels, lat, lon, gsd,
             cloud_cover, cloud_percent, date, seed, steps, guidance, metadata_guidance, scheduler, model, device,
             overwrite):
     """Fill the masked pixels of IMAGE; every unmasked pixel is returned exactly as read."""
@@ -213,7 +217,7 @@ def inpaint(image, mask_path, geojson, prompt, controlnet, bands, window, tile, 
     _check_sampling(steps, guidance, scheduler, tile, overlap)
     overrides = _overrides(lat, lon, gsd, cloud_cover, cloud_percent, date)
     parsed = tasks.parse_window(window)
-    raster = tasks.read_input(image, bands=bands, window=parsed)
+    raster = tasks.read_input(image, bands=bands, window=parsed, max_pixels=max_pixels)
     if mask_path is not None:
         fill = tasks.mask_from_raster(mask_path, raster, window=parsed)
     else:
