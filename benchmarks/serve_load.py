@@ -35,10 +35,12 @@ from pathlib import Path
 import httpx
 
 #: Request kinds in their order within every block of ten requests, and the answers each may get.
-MIX = ["generate"] * 6 + ["invalid", "oversized", "model", "health"]
+MIX = ["generate"] * 8 + ["invalid", "oversized", "model", "health", "heavy", "surrogate"] * 2
 EXPECTED = {
     "generate": {202, 429},  # accepted, or refused with Retry-After when the queue is full
     "invalid": {422},
+    "heavy": {422},  # over the work limits (2048² × 4 images × 1000 steps)
+    "surrogate": {422},  # a prompt with a lone surrogate
     "oversized": {413},
     "model": {200},
     "health": {200},
@@ -79,6 +81,12 @@ async def _one(client: httpx.AsyncClient, kind: str, steps: int) -> tuple[int, s
         answer = await client.post("/v1/generate", json=body)
     elif kind == "invalid":
         answer = await client.post("/v1/generate", json={"prompt": "x", "metadata": {"lat": 100}})
+    elif kind == "heavy":
+        answer = await client.post("/v1/generate", json={"prompt": "x", "width": 2048, "height": 2048,
+                                                         "num_images": 4, "steps": 1000})
+    elif kind == "surrogate":
+        answer = await client.post("/v1/generate", content=b'{"prompt": "a \\ud800 b"}',
+                                   headers={"content-type": "application/json"})
     elif kind == "oversized":
         answer = await client.post("/v1/generate", json={"prompt": "x" * 200_000})
     elif kind == "model":

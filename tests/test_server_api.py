@@ -45,6 +45,7 @@ def one_thread():
 
 def client_for(model_dir: Path, tmp_path: Path, **settings) -> TestClient:
     settings.setdefault("output_dir", tmp_path / "out")
+    settings.setdefault("max_steps", LONG)
     return TestClient(create_app(model_dir, **settings))
 
 
@@ -180,8 +181,8 @@ INVALID = [
     ({"metadata_guidance_scale": -1}, "metadata_guidance_scale", "[0, 50]"),
     ({"num_images": 0}, "num_images", "[1, 64]"),
     ({"num_images": 65}, "num_images", "[1, 64]"),
-    ({"width": 12}, "width", "multiple of 8 in [8, 2048]"),
-    ({"height": 4096}, "height", "multiple of 8 in [8, 2048]"),
+    ({"width": 12}, "width", "must be a multiple of 8"),
+    ({"height": 4096}, "height", "out of range; allowed [8, 2048]"),
     ({"scheduler": "warp"}, "scheduler", "ddim"),
     ({"seed": -1}, "seed", "[0, 2^63)"),
     ({"geotiff": True, "metadata": {"lat": 1.0}}, "geotiff", "lat, lon and gsd"),

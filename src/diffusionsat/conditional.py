@@ -35,6 +35,11 @@ from .pipelines.sampling import composite_pixels
 logger = logging.getLogger(__name__)
 
 Window = tuple[int, int, int, int]  # col_off, row_off, width, height
+#: Most pixels of one input raster (or window) read whole: 16.8 Mpx, as the server's upload limit.
+#: Larger scenes are refused from their header, before any pixel is read (``--max-pixels`` raises it).
+DEFAULT_MAX_INPUT_PIXELS = 4096 * 4096
+#: Smallest input side: below it the networks' down-sampling leaves nothing to normalise.
+MIN_INPUT_SIDE = 8
 CONTROL_KINDS = ("road", "mask", "edges")
 
 
@@ -132,6 +137,26 @@ def raster_metadata(info: RasterInfo, window: Window | None, date: str | None = 
     return SatMetadata(**values)
 
 
+def check_input_size(path: str | os.PathLike, window: Window | None = None,
+                     max_pixels: int | None = DEFAULT_MAX_INPUT_PIXELS, what: str = "input") -> None:
+    """Refuse a raster (window) too large or too small to read whole, from its header alone."""
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    try:
+        with rasterio.open(path) as src:
+            width, height = src.width, src.height
+    except (RasterioError, OSError):
+        return  # open_raster reports an unreadable file with its reason
+    if window is not None:
+        width, height = window[2], window[3]
+    if max_pixels is not None and width * height > max_pixels:
+        raise DataError(path, f"{what} is {width}x{height} = {width * height} pixels, over the limit of {max_pixels} "
+                              f"pixels; pass --max-pixels {width * height} to raise it, or --window to take a part")
+    if min(width, height) < MIN_INPUT_SIDE:
+        raise DataError(path, f"{what} is {width}x{height} pixels; at least {MIN_INPUT_SIDE}x{MIN_INPUT_SIDE} needed")
+
+
 def read_input(
     path: str | os.PathLike,
     *,
@@ -139,8 +164,15 @@ def read_input(
     window: Window | None = None,
     date: str | None = None,
     date_pattern: str | None = None,
+    max_pixels: int | None = DEFAULT_MAX_INPUT_PIXELS,
 ) -> RasterInput:
-    """Open, validate and read a raster (window) scaled to [0, 1], with its metadata and grid."""
+    """Open, validate and read a raster (window) scaled to [0, 1], with its metadata and grid.
+
+    The size is checked from the header first (:func:`check_input_size`): a scene over
+    ``max_pixels`` is refused before any pixel is read.
+    """
+    if Path(path).is_file():
+        check_input_size(path, window, max_pixels)
     info = open_raster(path, bands=bands, require_georeference=False, date_pattern=date_pattern)
     raw, valid = read_pixels(info, window)
     if not valid.any():
@@ -354,6 +386,8 @@ def mask_from_raster(path: str | os.PathLike, image: RasterInput, window: Window
     the image's pixel size and takes the same ``window``.
     """
     info = open_raster(path, bands=[1], require_georeference=False)
+    if info.count != 1:  # as the server: a 3-band mask is refused, not silently reduced to band 1
+        raise DataError(info.path, f"mask must have 1 band (non-zero = fill), got {info.count}")
     if info.georeferenced and image.georeferenced:
         if as_crs(info.crs_wkt) != as_crs(image.crs):
             raise ValueError(f"mask {info.path.name} is in {crs_label(info.crs_wkt)}, the image in {crs_label(image.crs)}")
@@ -510,8 +544,9 @@ def save_task_result(
     model: str,
     model_version: str | None,
     overwrite: bool = False,
+    staging: Any = None,
 ) -> OutputPaths:
-    """PNG + GeoTIFF (on the result's grid) + JSON sidecar."""
+    """PNG + GeoTIFF (on the result's grid) + JSON sidecar (all or none; ``staging``: see ``save_generated``)."""
     record = GenerationRecord(
         prompt=prompt, metadata=result.metadata, seed=result.seed, steps=steps, guidance_scale=guidance_scale,
         scheduler=scheduler, width=int(result.image.shape[1]), height=int(result.image.shape[0]), model=model,
@@ -520,4 +555,4 @@ def save_task_result(
     if paths.geotiff is not None and result.crs is None:
         paths = OutputPaths(png=paths.png, sidecar=paths.sidecar, geotiff=None)
     return save_generated(result.image, paths, record, model_version=model_version, crs=result.crs,
-                          transform=result.transform, overwrite=overwrite)
+                          transform=result.transform, overwrite=overwrite, staging=staging)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 
 class OutputExistsError(FileExistsError):
@@ -25,6 +29,8 @@ def check_writable(paths: Iterable[str | os.PathLike], overwrite: bool = False) 
         path = Path(raw)
         if path.exists() and path.is_dir():
             raise IsADirectoryError(f"output {str(path)!r} is a directory, expected a file name")
+        if path.exists() and not path.is_file():
+            raise ValueError(f"output {str(path)!r} is not a regular file (a device or pipe); give a file name")
         if path.exists() and not overwrite:
             raise OutputExistsError(f"output {str(path)!r} already exists (use --overwrite to replace it)")
         parent = path.parent if str(path.parent) else Path(".")
@@ -40,23 +46,92 @@ def check_writable(paths: Iterable[str | os.PathLike], overwrite: bool = False) 
 
 
 @contextlib.contextmanager
+def atomic_files(paths: Iterable[str | os.PathLike], overwrite: bool = False) -> Iterator[dict[Path, Path]]:
+    """Yield ``{target: temporary path beside it}``; rename them all onto their targets only on success.
+
+    The outputs of one call appear together or not at all: if writing any of them fails (a full
+    disk, a crash), no final name is created. Temporary names carry our process id, so a later run
+    removes those a killed process left behind (:func:`clean_stale_partials`).
+    """
+    targets = check_writable(list(paths), overwrite=overwrite)
+    staged: dict[Path, Path] = {}
+    try:
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            clean_stale_partials(target)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=PARTIAL + target.suffix,
+                                       dir=target.parent)
+            os.close(fd)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would otherwise survive the rename
+            staged[target] = Path(tmp)
+        yield staged
+        if not overwrite:
+            for target in targets:
+                if target.exists():
+                    raise OutputExistsError(f"output {str(target)!r} appeared while writing; not replaced")
+        renamed: list[Path] = []
+        try:
+            for target, tmp in staged.items():
+                os.replace(tmp, target)
+                renamed.append(target)
+        except BaseException:
+            for target in renamed:  # all or nothing
+                target.unlink(missing_ok=True)
+            raise
+    finally:
+        for tmp in staged.values():
+            if tmp.exists():
+                tmp.unlink()
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
-    target = Path(path)
-    check_writable([target], overwrite=overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial" + target.suffix, dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 would otherwise survive the rename
+    with atomic_files([path], overwrite=overwrite) as staged:
+        yield next(iter(staged.values()))
+
+
+PARTIAL = ".partial"
+#: ``.NAME.PID.RANDOM.partial[.ext]`` (files and folders being written) and ``.NAME.old-PID`` (a replaced folder).
+_OURS = re.compile(r"^\.(?P<name>.+)\.(?:(?P<pid>\d+)\.[^.]+\.partial(?:\.[^.]*)?|old-(?P<old>\d+))$")
+
+
+def _alive(pid: int) -> bool:
     try:
-        yield tmp_path
-        if not overwrite and target.exists():
-            raise OutputExistsError(f"output {str(target)!r} appeared while writing; not replaced")
-        os.replace(tmp_path, target)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def clean_stale_partials(target: str | os.PathLike) -> list[Path]:
+    """Remove temporary files/folders for ``target`` that a killed run of ours left behind.
+
+    Only names of our own pattern whose process is gone are removed (a live writer keeps its own).
+    """
+    target = Path(target)
+    removed = []
+    try:
+        entries = list(target.parent.iterdir()) if target.parent.is_dir() else []
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _OURS.match(entry.name)
+        if match is None or match.group("name") != target.name:
+            continue
+        pid = int(match.group("pid") or match.group("old"))
+        if pid == os.getpid() or _alive(pid):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    if removed:
+        logger.info("removed %d stale partial output(s) of %s", len(removed), target)
+    return removed
 
 
 def _umask() -> int:
@@ -81,7 +156,9 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     if target.exists() and not overwrite:
         raise OutputExistsError(f"output folder {str(target)!r} already exists (use --overwrite)")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    clean_stale_partials(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=PARTIAL, dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would otherwise survive the rename
     try:
         yield tmp
         if target.exists():

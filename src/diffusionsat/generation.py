@@ -3,18 +3,33 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .fileio import atomic_files
 from .metadata import SatMetadata
 from .outputs import GenerationRecord, OutputPaths, save_generated
 from .schedulers import make_scheduler, scheduler_name
 
 MAX_IMAGES = 64
 MAX_SIDE = 2048
+
+
+def check_text(name: str, text: str | None) -> None:
+    """Refuse text that is not valid Unicode (a lone surrogate, e.g. undecodable bytes in argv).
+
+    The tokenizer would otherwise fail deep inside with a ``TypeError``, and JSON answers that echo
+    it could not be encoded.
+    """
+    if text is None:
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"{name}: not valid UTF-8 text (undecodable character at position {err.start})") from None
 
 
 @dataclass
@@ -36,6 +51,8 @@ class GenerationRequest:
     def validate(self) -> GenerationRequest:
         if not isinstance(self.prompt, str):
             raise ValueError("prompt: must be a string")
+        for name in ("prompt", "negative_prompt"):
+            check_text(name, getattr(self, name))
         if not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
             raise ValueError(f"steps={self.steps!r}: out of range; allowed [1, 1000]")
         for name in ("guidance_scale", "metadata_guidance_scale"):
@@ -46,8 +63,10 @@ class GenerationRequest:
             raise ValueError(f"num_images={self.num_images!r}: out of range; allowed [1, {MAX_IMAGES}]")
         for name in ("width", "height"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or not 8 <= value <= MAX_SIDE or value % 8):
-                raise ValueError(f"{name}={value!r}: must be a multiple of 8 in [8, {MAX_SIDE}]")
+            if value is not None and (not isinstance(value, int) or not 8 <= value <= MAX_SIDE):
+                raise ValueError(f"{name}={value!r}: out of range; allowed [8, {MAX_SIDE}] pixels")
+            if value is not None and value % 8:
+                raise ValueError(f"{name}={value!r}: must be a multiple of 8")
         if self.scheduler is not None:
             from .schedulers import SCHEDULERS
 
@@ -99,21 +118,27 @@ def save_images(
     scheduler: str,
     overwrite: bool = False,
 ) -> list[OutputPaths]:
-    """Write each image with its sidecar (and GeoTIFF when its path is set)."""
+    """Write each image with its sidecar (and GeoTIFF when its path is set): all files or none."""
     written = []
-    for image, seed, path in zip(images, seeds, paths):
-        record = GenerationRecord(
-            prompt=request.prompt,
-            metadata=request.metadata,
-            seed=seed,
-            steps=request.steps,
-            guidance_scale=request.guidance_scale,
-            metadata_guidance_scale=request.metadata_guidance_scale,
-            negative_prompt=request.negative_prompt,
-            scheduler=scheduler,
-            width=image.size[0],
-            height=image.size[1],
-            model=model if not Path(model).exists() else Path(model).name,
-        )
-        written.append(save_generated(image, path, record, model_version=model_version, overwrite=overwrite))
+    with atomic_files([p for op in paths[:len(images)] for p in op.all()], overwrite=overwrite) as staging:
+        for image, seed, path in zip(images, seeds, paths):
+            written.append(_save_one(image, seed, request, path, model, model_version, scheduler, staging))
     return written
+
+
+def _save_one(image, seed: int, request: GenerationRequest, path: OutputPaths, model: str, model_version: str | None,
+              scheduler: str, staging: Mapping[Path, Path]) -> OutputPaths:
+    record = GenerationRecord(
+        prompt=request.prompt,
+        metadata=request.metadata,
+        seed=seed,
+        steps=request.steps,
+        guidance_scale=request.guidance_scale,
+        metadata_guidance_scale=request.metadata_guidance_scale,
+        negative_prompt=request.negative_prompt,
+        scheduler=scheduler,
+        width=image.size[0],
+        height=image.size[1],
+        model=model if not Path(model).exists() else Path(model).name,
+    )
+    return save_generated(image, path, record, model_version=model_version, staging=staging)

@@ -78,8 +78,10 @@ def read_model_card(model_path: str | os.PathLike) -> str | None:
 def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
     """Load a :class:`DiffusionSatPipeline` (default model when ``model`` is ``None``)."""
     from .pipelines import DiffusionSatPipeline
+    from .validation import check_weights
 
     location = resolve_model(model)
+    check_weights(location)  # truncated, corrupt or pickled weights are the user's error (exit 2), not ours
     kwargs = {"torch_dtype": dtype} if dtype is not None else {}
     pipe = DiffusionSatPipeline.from_pretrained(location, **kwargs)
     return pipe.to(device)

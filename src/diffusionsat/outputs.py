@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-from .fileio import atomic_path, check_writable
+from .fileio import atomic_files, check_writable
 from .geo import grid_for_center, write_geotiff
 from .imaging import to_uint8_hwc
 from .metadata import SatMetadata
@@ -76,8 +76,16 @@ class GenerationRecord:
 
 
 def output_paths(out: str | os.PathLike, count: int, geotiff: bool) -> list[OutputPaths]:
-    """File names for ``count`` images: ``out.png`` or ``out_0.png``, ``out_1.png``, … ."""
+    """File names for ``count`` images: ``out.png`` or ``out_0.png``, ``out_1.png``, … .
+
+    ``out`` naming an existing folder or a non-file (``/dev/full``) is refused, not turned into
+    ``folder.png`` beside it.
+    """
     base = Path(out)
+    if base.is_dir():
+        raise IsADirectoryError(f"--out {str(base)!r} is a folder; give a file name such as {str(base / 'image.png')!r}")
+    if base.exists() and not base.is_file():
+        raise ValueError(f"--out {str(base)!r} is not a regular file (a device or pipe); give a file name")
     if base.suffix.lower() in (".png", ".tif", ".tiff", ".json"):
         base = base.with_suffix("")
     stems = [base] if count == 1 else [base.with_name(f"{base.name}_{i}") for i in range(count)]
@@ -111,12 +119,20 @@ def save_generated(
     crs: Any = None,
     transform: Any = None,
     overwrite: bool = False,
+    staging: Mapping[Path, Path] | None = None,
 ) -> OutputPaths:
-    """Write one image's PNG, optional GeoTIFF and sidecar, each atomically.
+    """Write one image's PNG, optional GeoTIFF and sidecar: all of them or none.
 
-    For a GeoTIFF without an input grid (``crs``/``transform``), the image is placed at the
-    metadata's lat/lon with its GSD in the local UTM zone.
+    ``staging`` (from :func:`~diffusionsat.fileio.atomic_files`) maps each final path to the
+    temporary one to write, when several images must appear together; without it this image's
+    files are staged and renamed on their own. For a GeoTIFF without an input grid
+    (``crs``/``transform``), the image is placed at the metadata's lat/lon with its GSD in the
+    local UTM zone.
     """
+    if staging is None:
+        with atomic_files(paths.all(), overwrite=overwrite) as staged:
+            return save_generated(image, paths, record, model_version=model_version, crs=crs, transform=transform,
+                                  staging=staged)
     pixels = to_uint8_hwc(image)
     sidecar = record.to_json(model_version)
     if paths.geotiff is not None:
@@ -126,17 +142,15 @@ def save_generated(
                 raise ValueError("a GeoTIFF from metadata alone needs lat, lon and gsd")
             crs, transform = grid_for_center(md.lon, md.lat, md.gsd, pixels.shape[1], pixels.shape[0])
         write_geotiff(
-            paths.geotiff,
+            staging[paths.geotiff],
             pixels,
             crs,
             transform,
             band_descriptions=["red", "green", "blue"][: pixels.shape[2]],
             tags={"diffusionsat": json.dumps({k: sidecar[k] for k in ("prompt", "seed", "model")})},
-            overwrite=overwrite,
+            overwrite=True,  # the staged temporary file
         )
         sidecar["geotiff"] = {"path": paths.geotiff.name, "crs": str(crs), "transform": list(transform)[:6]}
-    with atomic_path(paths.png, overwrite=overwrite) as tmp:
-        PIL.Image.fromarray(pixels).save(tmp, format="PNG")
-    with atomic_path(paths.sidecar, overwrite=overwrite) as tmp:
-        tmp.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+    PIL.Image.fromarray(pixels).save(staging[paths.png], format="PNG")
+    staging[paths.sidecar].write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
     return paths

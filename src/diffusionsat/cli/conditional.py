@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from .. import conditional as tasks
+from ..fileio import atomic_files
 from ..loading import model_version, resolve_model
 from ..outputs import check_outputs, output_paths
 from ..schedulers import SCHEDULERS, make_scheduler, scheduler_name
@@ -32,6 +33,8 @@ def task_options(func):
         click.option("--tile", type=int, default=None, help="Tile size in model pixels (default: the model's native size)."),
         click.option("--overlap", type=int, default=None, help="Tile overlap in model pixels (default: tile/4)."),
         click.option("--out", default=None, help="Output PNG path (default: INPUT_<task>.png)."),
+        click.option("--max-pixels", type=click.IntRange(64, None), default=tasks.DEFAULT_MAX_INPUT_PIXELS,
+                     show_default=True, help="Largest input (or --window) read, in pixels; checked from the header."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -108,7 +111,7 @@ Examples:
 @task_options
 @metadata_options
 @sampling_options
-def superres(inputs, scale, reproject, prompt, controlnet, bands, window, tile, overlap, out, lat, lon, gsd,
+def superres(inputs, scale, reproject, prompt, controlnet, bands, window, tile, overlap, out, max_pixels, lat, lon, gsd,
              cloud_cover, cloud_percent, date, seed, steps, guidance, metadata_guidance, scheduler, model, device,
              overwrite):
     """Super-resolve low-res raster INPUTS (one, or several dates of one place) to RGB SCALE times finer.
@@ -120,12 +123,14 @@ def superres(inputs, scale, reproject, prompt, controlnet, bands, window, tile, 
         raise InputError(f"--scale={scale}: out of range; allowed [1, 16]")
     _check_sampling(steps, guidance, scheduler, tile, overlap)
     overrides = _overrides(lat, lon, gsd, cloud_cover, cloud_percent, date)
+    parsed = tasks.parse_window(window)
+    for path in inputs:  # from the headers, before any model loads
+        tasks.check_input_size(path, parsed, max_pixels)
     pipe, location = _load(model, controlnet, device, scheduler, "superres")
     trained = tasks.controlnet_bands(pipe)
     chosen = bands or (",".join(trained) if trained else None)
-    parsed = tasks.parse_window(window)
     try:
-        rasters = [tasks.read_input(p, bands=chosen, window=parsed) for p in inputs]
+        rasters = [tasks.read_input(p, bands=chosen, window=parsed, max_pixels=max_pixels) for p in inputs]
     except ValueError as err:
         if bands is None and trained and "not found" in str(err):
             raise InputError(f"{err}; this ControlNet was trained on {', '.join(trained)}: pick them with --bands "
@@ -157,7 +162,7 @@ Examples:
 @metadata_options
 @sampling_options
 def temporal(frames, target_date, frame_dates, date_pattern, reproject, prompt, controlnet, bands, window, tile,
-             overlap, out, lat, lon, gsd, cloud_cover, cloud_percent, date, seed, steps, guidance, metadata_guidance,
+             overlap, out, max_pixels, lat, lon, gsd, cloud_cover, cloud_percent, date, seed, steps, guidance, metadata_guidance,
              scheduler, model, device, overwrite):
     """Generate the image of a place at --target-date from FRAMES of it at other dates (any order).
 
@@ -175,7 +180,7 @@ def temporal(frames, target_date, frame_dates, date_pattern, reproject, prompt, 
     _check_sampling(steps, guidance, scheduler, tile, overlap)
     overrides = _overrides(lat, lon, gsd, cloud_cover, cloud_percent, None)
     parsed = tasks.parse_window(window)
-    rasters = [tasks.read_input(p, bands=bands, window=parsed, date=d, date_pattern=date_pattern)
+    rasters = [tasks.read_input(p, bands=bands, window=parsed, date=d, date_pattern=date_pattern, max_pixels=max_pixels)
                for p, d in zip(frames, dates)]
     undated = [r.path.name for r in rasters if r.metadata.year is None]
     if undated:
@@ -203,7 +208,7 @@ Examples:
 @task_options
 @metadata_options
 @sampling_options
-def inpaint(image, mask_path, geojson, prompt, controlnet, bands, window, tile, overlap, out, lat, lon, gsd,
+def inpaint(image, mask_path, geojson, prompt, controlnet, bands, window, tile, overlap, out, max_pixels, lat, lon, gsd,
             cloud_cover, cloud_percent, date, seed, steps, guidance, metadata_guidance, scheduler, model, device,
             overwrite):
     """Fill the masked pixels of IMAGE; every unmasked pixel is returned exactly as read."""
@@ -212,7 +217,7 @@ def inpaint(image, mask_path, geojson, prompt, controlnet, bands, window, tile, 
     _check_sampling(steps, guidance, scheduler, tile, overlap)
     overrides = _overrides(lat, lon, gsd, cloud_cover, cloud_percent, date)
     parsed = tasks.parse_window(window)
-    raster = tasks.read_input(image, bands=bands, window=parsed)
+    raster = tasks.read_input(image, bands=bands, window=parsed, max_pixels=max_pixels)
     if mask_path is not None:
         fill = tasks.mask_from_raster(mask_path, raster, window=parsed)
     else:
@@ -247,18 +252,20 @@ def _controlled_generate(original, control, controlnet, **kwargs):
     check_outputs(paths, kwargs["overwrite"])
     pipe, location = _load(kwargs["model"], controlnet, kwargs["device"], scheduler, "control")
     seed = _seed(kwargs["seed"])
-    for i, path in enumerate(paths):
-        result = tasks.controlled_generation(
-            pipe, raster, kind, prompt=prompt, metadata=overrides, seed=seed + i,
-            num_inference_steps=steps, guidance_scale=guidance, metadata_guidance_scale=kwargs["metadata_guidance"],
-            negative_prompt=kwargs["negative_prompt"],
-        )
-        written = tasks.save_task_result(
+    results = [tasks.controlled_generation(
+        pipe, raster, kind, prompt=prompt, metadata=overrides, seed=seed + i,
+        num_inference_steps=steps, guidance_scale=guidance, metadata_guidance_scale=kwargs["metadata_guidance"],
+        negative_prompt=kwargs["negative_prompt"],
+    ) for i in range(len(paths))]
+    model_name = Path(location).name if Path(location).exists() else location
+    with atomic_files([p for op in paths for p in op.all()], overwrite=kwargs["overwrite"]) as staging:
+        written = [tasks.save_task_result(
             result, path, task="control", prompt=prompt, steps=steps, guidance_scale=guidance,
-            scheduler=scheduler_name(pipe.scheduler), model=Path(location).name if Path(location).exists() else location,
-            model_version=model_version(location), overwrite=kwargs["overwrite"],
-        )
-        click.echo(" ".join(str(p) for p in written.all()))
+            scheduler=scheduler_name(pipe.scheduler), model=model_name, model_version=model_version(location),
+            staging=staging,
+        ) for result, path in zip(results, paths)]
+    for item in written:
+        click.echo(" ".join(str(p) for p in item.all()))
 
 
 def _hook_generate() -> None:

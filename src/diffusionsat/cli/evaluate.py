@@ -9,6 +9,7 @@ import click
 from ..evaluation.evaluate import TASKS, EvaluationConfig
 from ..evaluation.evaluate import evaluate as run_evaluation
 from .main import cli
+from .options import device_option
 
 EXAMPLES = """
 \b
@@ -42,7 +43,8 @@ def _path(value: str | None) -> Path | None:
 @click.option("--steps", type=int, default=25, show_default=True, help="Denoising steps when generating.")
 @click.option("--guidance", type=float, default=3.0, show_default=True, help="Guidance scale when generating.")
 @click.option("--size", type=int, default=None, help="Generated image side in px (default: the model's native size).")
-@click.option("--device", default="cpu", show_default=True, help="torch device for generation and features.")
+@click.option("--device", default="cpu", show_default=True, callback=device_option,
+              help="torch device for generation and features.")
 @click.option("--domain-encoder", default=None, help="Domain encoder folder (default: the shipped one).")
 @click.option("--inception", default=None, help="Local TorchScript Inception for FID/KID/IS (nothing is downloaded).")
 @click.option("--clip", default=None, help="Local transformers CLIP folder for the CLIP score.")

@@ -5,6 +5,7 @@ Exit codes (SPEC §6): 0 ok, 2 bad input (one-line message, no traceback), 1 int
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -15,6 +16,10 @@ from .. import __version__
 
 BAD_INPUT = 2
 INTERNAL_ERROR = 1
+
+#: OS errors that mean "the user's disk or folder cannot take it" (read-only, no permission, full).
+USER_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
+                         errno.EISDIR, errno.ENAMETOOLONG})
 
 #: Errors that mean "the user gave something wrong": reported in one line, exit code 2.
 INPUT_ERRORS: tuple[type[BaseException], ...] = (
@@ -71,6 +76,15 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         click.echo(f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", err=True)
+        return BAD_INPUT
+    except OSError as err:
+        if debug or err.errno not in USER_ERRNOS:
+            if debug:
+                raise
+            click.echo(f"internal error: {type(err).__name__}: {err} (set DIFFUSIONSAT_DEBUG=1 for a traceback)", err=True)
+            return INTERNAL_ERROR
+        where = f"{err.filename}: " if err.filename else ""
+        click.echo(f"error: {where}{err.strerror or err}", err=True)
         return BAD_INPUT
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)

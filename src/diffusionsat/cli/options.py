@@ -28,6 +28,17 @@ def metadata_from_options(lat, lon, gsd, cloud_cover, cloud_percent, date) -> Sa
     )
 
 
+def device_option(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """Check ``--device`` while parsing: before any model loads, and as a one-line error (exit 2)."""
+    from ..validation import check_device
+    from .main import InputError
+
+    try:
+        return check_device(value)
+    except ValueError as err:
+        raise InputError(str(err).replace("device=", "--device=", 1)) from None
+
+
 def sampling_options(func):
     """``--seed --steps --guidance --scheduler --model --device --overwrite``."""
     options = [
@@ -37,7 +48,8 @@ def sampling_options(func):
         click.option("--metadata-guidance", type=float, default=None, help="Separate guidance scale for metadata."),
         click.option("--scheduler", default=None, help="ddim, ddpm, dpm++, euler, euler-a, heun, lms, pndm, unipc."),
         click.option("--model", default=None, help="Model folder (default: the embedded model)."),
-        click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda."),
+        click.option("--device", default="cpu", show_default=True, callback=device_option,
+                     help="torch device, e.g. cpu or cuda."),
         click.option("--overwrite", is_flag=True, help="Replace existing output files."),
     ]
     for option in reversed(options):

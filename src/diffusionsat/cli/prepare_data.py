@@ -52,7 +52,7 @@ def prepare_data_command(inputs, out, chip_size, task, date_pattern, bands, band
     """
     from tqdm.auto import tqdm
 
-    from ..data.prepare import PrepareConfig, prepare_data
+    from ..data.prepare import NoSamplesError, PrepareConfig, prepare_data
 
     cfg = PrepareConfig(
         inputs=list(inputs), chip_size=chip_size, task=task, stride=stride, resize=resize, bands=bands,
@@ -61,7 +61,13 @@ def prepare_data_command(inputs, out, chip_size, task, date_pattern, bands, band
         mask_vector=mask_vector, mask_boxes=mask_boxes, seed=seed, stack_bands=not no_stack_bands, split=split,
     )
     progress = None if no_progress else (lambda it: tqdm(it, desc="samples", unit="chip"))
-    summary = prepare_data(cfg, out, overwrite=overwrite, progress=progress)
+    try:
+        summary = prepare_data(cfg, out, overwrite=overwrite, progress=progress)
+    except NoSamplesError as err:
+        for item in err.skipped:
+            click.echo(f"skipped {item.path}: {item.reason}", err=True)
+        raise InputError(f"no samples could be made from {', '.join(inputs)} (see the skipped files above); "
+                         f"nothing was written to {out}") from None
     if summary["up_to_date"]:
         click.echo(f"{out}: already up to date ({summary['samples']} samples); nothing to do")
         return
@@ -71,5 +77,3 @@ def prepare_data_command(inputs, out, chip_size, task, date_pattern, bands, band
                f"({summary['files_used']} files used, {summary['files_skipped']} skipped, "
                f"{summary['chips_skipped_nodata']} chips skipped for nodata)")
     click.echo("metadata ranges: " + json.dumps(summary["metadata_ranges"]))
-    if summary["samples"] == 0:
-        raise InputError(f"no samples could be made from {', '.join(inputs)} (see the skipped files above)")

@@ -38,9 +38,16 @@ Examples:
               help="Seconds a finished job and its files are kept.")
 @click.option("--abandon-after", type=click.FloatRange(1, None), default=120, show_default=True,
               help="Cancel a job nobody has polled for this many seconds.")
+@click.option("--max-pixels", type=click.IntRange(64, 2**31), default=1024 * 1024, show_default=True,
+              help="Most output pixels of one request, over all its images (width x height x images).")
+@click.option("--max-steps", type=click.IntRange(1, 1000), default=200, show_default=True,
+              help="Most denoising steps per image of one request.")
+@click.option("--max-memory", type=click.FloatRange(0.01, None), default=8.0, show_default=True,
+              help="Most estimated sampling memory of one request, GiB.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
               help="torch CPU threads per process (default: torch's choice; 1 per worker avoids oversubscription).")
-def serve(host, port, model, token, max_queue, workers, device, output_dir, job_ttl, abandon_after, threads):
+def serve(host, port, model, token, max_queue, workers, device, output_dir, job_ttl, abandon_after, max_pixels,
+          max_steps, max_memory, threads):
     """Serve the web page and the REST API (OpenAPI at /docs, /openapi.json)."""
     try:
         import uvicorn
@@ -49,7 +56,10 @@ def serve(host, port, model, token, max_queue, workers, device, output_dir, job_
     except ModuleNotFoundError as err:
         raise InputError(f"the server needs the 'serve' extra: pip install 'diffusionsat[serve]' ({err.name} missing)") from None
     try:
+        from ..validation import check_device
+
         check_bind(host, token)  # before loading any model
+        check_device(device)
     except ValueError as err:  # InsecureBindError included
         raise InputError(str(err)) from None
     from ..loading import resolve_model
@@ -61,7 +71,8 @@ def serve(host, port, model, token, max_queue, workers, device, output_dir, job_
 
     resolve_model(model)  # a missing model is a one-line error (exit 2) naming --model
     app = create_app(model, host=host, token=token, max_queue=max_queue, workers=workers, device=device,
-                     output_dir=output_dir, job_ttl=job_ttl, abandon_after=abandon_after)
+                     output_dir=output_dir, job_ttl=job_ttl, abandon_after=abandon_after, max_pixels=max_pixels,
+                     max_steps=max_steps, max_memory_bytes=int(max_memory * 2**30))
     where = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     click.echo(f"serving {app.state.model.name} at {where}  (API docs: {where}/docs)", err=True)
     if token:

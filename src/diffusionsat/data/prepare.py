@@ -81,6 +81,8 @@ class PrepareConfig:
             raise ValueError(f"task={self.task!r}; allowed {', '.join(TASKS)}")
         if not 8 <= self.chip_size <= 8192:
             raise ValueError(f"chip_size={self.chip_size}: out of range; allowed [8, 8192] px")
+        if self.stride is not None and not 1 <= self.stride <= 8192:
+            raise ValueError(f"stride={self.stride}: out of range; allowed [1, 8192] px (omit it for the chip size)")
         if self.resize is not None and not 8 <= self.resize <= 8192:
             raise ValueError(f"resize={self.resize}: out of range; allowed [8, 8192] px")
         if not 0 <= self.max_nodata <= 1:
@@ -95,6 +97,15 @@ class PrepareConfig:
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+class NoSamplesError(ValueError):
+    """No usable sample could be made: an error, and nothing is written (a later run must not see it as done)."""
+
+    def __init__(self, skipped: list[Skipped]):
+        reasons = "; ".join(f"{s.path}: {s.reason}" for s in skipped[:3]) or "no chip passed the filters"
+        super().__init__(f"no samples could be made from the inputs ({len(skipped)} file(s) skipped: {reasons})")
+        self.skipped = skipped
 
 
 @dataclass
@@ -327,7 +338,8 @@ def prepare_data(config: PrepareConfig, out: str | os.PathLike, *, overwrite: bo
             previous = json.loads(summary_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, OSError):
             previous = {}
-        if previous.get("config_digest") == cfg.digest() and not overwrite:
+        complete = previous.get("samples", 0) > 0 and (out / "manifest.jsonl").is_file()
+        if previous.get("config_digest") == cfg.digest() and complete and not overwrite:
             return {**previous, "up_to_date": True}
         if not overwrite:
             raise OutputExistsError(f"output folder {str(out)!r} holds data prepared with other settings "
@@ -356,6 +368,8 @@ def prepare_data(config: PrepareConfig, out: str | os.PathLike, *, overwrite: bo
                 rows.append(_row(key, shard, source, caption, meta))
                 stats.add_metadata(meta)
                 stats.samples += 1
+        if stats.samples == 0:  # raised inside: the temporary folder goes, nothing appears under `out`
+            raise NoSamplesError(stats.skipped)
         write_manifest(rows, tmp / "manifest.jsonl")
         summary = {
             "config": asdict(cfg),

@@ -509,6 +509,10 @@ def load_controlnet_pipeline(
             f"no ControlNet in {str(cn_folder)!r}: a task model is the base model folder plus a 'controlnet/' "
             "subfolder (or pass --controlnet PATH)"
         )
+    from ..validation import check_weights
+
+    check_weights(folder)
+    check_weights(cn_folder)
     kwargs = {"torch_dtype": dtype} if dtype is not None else {}
     index = folder / "model_index.json"
     own = cn_folder == folder / CONTROLNET_SUBFOLDER

@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -34,9 +34,11 @@ from .config import ServerConfig
 from .jobs import Job, JobQueue, JobState, QueueFull, ShuttingDown
 from .tasks import (
     ConditionalInputs,
+    OverLimit,
     ServedModel,
     TaskUnavailable,
     check_available,
+    check_work,
     conditional_work,
     generate_work,
     size_multiple,
@@ -74,7 +76,8 @@ def _error_doc(text: str) -> dict[str, Any]:
 JOB_ERRORS: dict[int | str, dict[str, Any]] = {
     401: _error_doc("missing or wrong bearer token (only when the server has --token)"),
     413: _error_doc("request body or an uploaded image is over the size limits"),
-    422: _error_doc("a field is invalid; `field` names it and `detail` gives the allowed range"),
+    422: _error_doc("a field is invalid (`invalid_field`), or the request's work is over a server limit "
+                    "(`over_limit`, `limit` names it); `field` names the field and `detail` the allowed range"),
     429: _error_doc("the job queue is full; retry after `Retry-After` seconds"),
     503: _error_doc("the server is shutting down; retry after `Retry-After` seconds"),
 }
@@ -83,6 +86,12 @@ TASK_ERRORS: dict[int | str, dict[str, Any]] = {
     409: _error_doc("the served model lacks the ControlNet this task needs; `component` names it"),
     501: _error_doc("the model has the component but this diffusionsat version cannot run the task"),
 }
+
+
+#: ``?wait=true``: answer when the job has finished (200) instead of at once (202); disconnecting cancels it.
+WaitQuery = Annotated[bool, Query(description="Hold the connection until the job ends (200 with the finished "
+                                              "job); a client that disconnects meanwhile cancels its job.")]
+WAIT_POLL_SECONDS = 0.05
 
 
 def field_error(field: str, detail: str, allowed: str | None = None, status: int = 422) -> ApiError:
@@ -155,9 +164,13 @@ def parse_metadata(raw: Any, percent: bool = False, prefix: str = "metadata") ->
         raise field_error(name, f"{prefix}.{err}" if err.field != "metadata" else str(err), allowed) from None
 
 
-def build_request(fields: dict[str, Any], model: ServedModel, size: tuple[int, int] | None = None
-                  ) -> tuple[GenerationRequest, bool]:
-    """A validated GenerationRequest and whether to write GeoTIFFs, or a 422 naming the field."""
+def build_request(fields: dict[str, Any], model: ServedModel, size: tuple[int, int] | None = None,
+                  config: ServerConfig | None = None) -> tuple[GenerationRequest, bool]:
+    """A validated GenerationRequest and whether to write GeoTIFFs, or a 422 naming the field.
+
+    With ``config``, the request's work (pixels × images × steps, estimated memory) is checked
+    against its limits; ``size`` (a conditional task's output) is sampled tile by tile.
+    """
     fields = dict(fields)
     metadata = parse_metadata(fields.pop("metadata", None), fields.pop("cloud_cover_percent", False))
     geotiff = fields.pop("geotiff", None)
@@ -166,6 +179,11 @@ def build_request(fields: dict[str, Any], model: ServedModel, size: tuple[int, i
         pipe = model.pipeline
         width, height = size or (request.width or pipe.default_size, request.height or pipe.default_size)
         pipe.check_inputs(request.prompt, height, width, request.steps, request.guidance_scale, request.num_images)
+        if config is not None:
+            check_work(pipe, config, width=width, height=height, num_images=request.num_images, steps=request.steps,
+                       tile=pipe.default_size if size is not None else None)
+    except OverLimit as err:
+        raise ApiError(422, "over_limit", str(err), field=err.field, allowed=err.allowed, limit=err.limit) from None
     except ValueError as err:
         field = _library_field(str(err))
         field = {"num_inference_steps": "steps", "num_images_per_prompt": "num_images"}.get(field, field)
@@ -364,7 +382,12 @@ def create_app(model: str | Path | None = None, *, pipeline: Any = None, config:
             raise ApiError(401, "unauthorized", "missing or wrong bearer token; send 'Authorization: Bearer TOKEN'",
                            headers={"WWW-Authenticate": "Bearer"})
 
-    def submit(task: str, work: Any, summary: dict[str, Any]) -> JSONResponse:
+    async def submit(task: str, work: Any, summary: dict[str, Any], http: Request | None = None,
+                     wait: bool = False) -> JSONResponse:
+        """Queue the job; answer 202 at once, or with ``wait`` hold the connection until it ends.
+
+        A waiting client that disconnects cancels its job (at the next network block).
+        """
         try:
             job = queue.submit(task, work, summary)
         except ShuttingDown as err:
@@ -372,7 +395,17 @@ def create_app(model: str | Path | None = None, *, pipeline: Any = None, config:
         except QueueFull as err:
             raise ApiError(429, "queue_full", f"{err}; retry later", headers={"Retry-After": str(err.retry_after)}) from None
         logger.info("job %s queued: %s", job.id, task)
-        return JSONResponse(job_view(job, queue), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+        headers = {"Location": f"/v1/jobs/{job.id}"}
+        if not wait or http is None:
+            return JSONResponse(job_view(job, queue), status_code=202, headers=headers)
+        while not job.state.finished:
+            if await http.is_disconnected():
+                queue.cancel(job.id, "cancelled: the client disconnected")
+                logger.info("job %s: client disconnected, cancelled", job.id)
+                break
+            job.touch()
+            await asyncio.sleep(WAIT_POLL_SECONDS)
+        return JSONResponse(job_view(job, queue), status_code=200, headers=headers)
 
     def summary_of(request: GenerationRequest, geotiff: bool, **extra: Any) -> dict[str, Any]:
         return {"prompt": request.prompt, "metadata": request.metadata.to_dict(), "seed": request.seed,
@@ -383,13 +416,15 @@ def create_app(model: str | Path | None = None, *, pipeline: Any = None, config:
 
     @api.post("/generate", status_code=202, summary="Generate images from a prompt and metadata (a job)",
               responses=JOB_ERRORS)
-    async def generate(body: GenerateBody) -> JSONResponse:
-        request, geotiff = build_request(body.model_dump(exclude_unset=True), served)
-        return submit("generate", generate_work(request, geotiff, served), summary_of(request, geotiff))
+    async def generate(body: GenerateBody, http: Request, wait: WaitQuery = False) -> JSONResponse:
+        request, geotiff = build_request(body.model_dump(exclude_unset=True), served, config=config)
+        return await submit("generate", generate_work(request, geotiff, served), summary_of(request, geotiff),
+                            http, wait)
 
-    async def conditional(task: str, fields: dict[str, Any], images: list[UploadedImage], **extra: Any) -> JSONResponse:
+    async def conditional(task: str, fields: dict[str, Any], images: list[UploadedImage], http: Request,
+                          wait: bool, **extra: Any) -> JSONResponse:
         first = images[0]
-        request, geotiff = build_request(fields, served, size=_model_size(first, extra.get("scale")))
+        request, geotiff = build_request(fields, served, size=_model_size(first, extra.get("scale")), config=config)
         inputs = ConditionalInputs(task=task, request=request, images=images,
                                    geotiff=geotiff or first.crs is not None, **extra)
         try:
@@ -397,7 +432,7 @@ def create_app(model: str | Path | None = None, *, pipeline: Any = None, config:
         except TaskUnavailable as err:
             raise ApiError(err.status, err.code, str(err), task=err.task, component=err.component) from None
         summary = summary_of(request, inputs.geotiff, inputs=[i.describe() for i in images])
-        return submit(task, conditional_work(inputs, served), summary)
+        return await submit(task, conditional_work(inputs, served), summary, http, wait)
 
     def _model_size(image: UploadedImage, scale: int | None) -> tuple[int, int]:
         factor = scale or 1
@@ -411,23 +446,27 @@ def create_app(model: str | Path | None = None, *, pipeline: Any = None, config:
     @api.post("/superres", status_code=202, summary="Super-resolve a low-res GeoTIFF/PNG (a job)",
               responses=TASK_ERRORS)
     async def superres(
+        http: Request,
         image: Annotated[UploadFile, File(description="Low-resolution GeoTIFF or PNG (any band count)")],
         fields: Annotated[dict[str, Any], Depends(sampling_form)],
         scale: Annotated[int, Form(description="Upscaling factor, [2, 8]")] = 4,
         bands: Annotated[str | None, Form(description=BANDS_HELP)] = None,
+        wait: WaitQuery = False,
     ) -> JSONResponse:
         if not 2 <= scale <= 8:
             raise field_error("scale", f"scale={scale}: out of range; allowed [2, 8]", "[2, 8]")
         low = await read_upload(image, "image", config)
-        return await conditional("superres", fields, [low], scale=scale, bands=_bands(bands, low))
+        return await conditional("superres", fields, [low], http, wait, scale=scale, bands=_bands(bands, low))
 
     @api.post("/temporal", status_code=202, summary="Generate the image of a place at a target date from past frames",
               responses=TASK_ERRORS)
     async def temporal(
+        http: Request,
         frames: Annotated[list[UploadFile], File(description="1 to max_frames GeoTIFF/PNG images of one place")],
         frame_dates: Annotated[list[str], Form(description="One ISO date per frame (repeat the field or comma-separate)")],
         fields: Annotated[dict[str, Any], Depends(sampling_form)],
         bands: Annotated[str | None, Form(description=BANDS_HELP)] = None,
+        wait: WaitQuery = False,
     ) -> JSONResponse:
         if not 1 <= len(frames) <= config.max_frames:
             raise field_error("frames", f"frames: got {len(frames)} files; allowed [1, {config.max_frames}]",
@@ -449,15 +488,18 @@ def create_app(model: str | Path | None = None, *, pipeline: Any = None, config:
             if (img.width, img.height, img.bands) != (images[0].width, images[0].height, images[0].bands):
                 raise field_error(f"frames[{i}]", f"frames[{i}]: {img.width}x{img.height}x{img.bands} differs from "
                                   f"frames[0] ({images[0].width}x{images[0].height}x{images[0].bands}); frames must match")
-        return await conditional("temporal", fields, images, frame_dates=dates, bands=_bands(bands, images[0]))
+        return await conditional("temporal", fields, images, http, wait, frame_dates=dates,
+                                 bands=_bands(bands, images[0]))
 
     @api.post("/inpaint", status_code=202, summary="Fill the masked pixels of an image (a job)",
               responses=TASK_ERRORS)
     async def inpaint(
+        http: Request,
         image: Annotated[UploadFile, File(description="GeoTIFF or PNG to fill")],
         mask: Annotated[UploadFile, File(description="1-band mask of the same size; non-zero = fill")],
         fields: Annotated[dict[str, Any], Depends(sampling_form)],
         bands: Annotated[str | None, Form(description=BANDS_HELP)] = None,
+        wait: WaitQuery = False,
     ) -> JSONResponse:
         picture = await read_upload(image, "image", config)
         drawn = await read_upload(mask, "mask", config)
@@ -465,7 +507,7 @@ def create_app(model: str | Path | None = None, *, pipeline: Any = None, config:
             filled = await asyncio.to_thread(check_mask, drawn, picture)
         except UploadError as err:
             raise field_error(err.field, str(err)) from None
-        return await conditional("inpaint", fields, [picture], mask=filled, bands=_bands(bands, picture))
+        return await conditional("inpaint", fields, [picture], http, wait, mask=filled, bands=_bands(bands, picture))
 
     @api.get("/jobs/{job_id}", summary="Status, progress and result links of a job")
     async def get_job(job_id: str) -> dict[str, Any]:

@@ -27,8 +27,10 @@ def is_loopback(host: str) -> bool:
 
 def check_bind(host: str, token: str | None) -> None:
     """Refuse a non-loopback bind without ``--token`` (and explain why and how), or a guessable token."""
-    if token is not None and len(token) < 8:
-        raise ValueError("token: must be at least 8 characters")
+    if token is not None and len(token.strip()) < 8:
+        raise ValueError("token: must be at least 8 characters, not counting blanks")
+    if token is not None and token != token.strip():
+        raise ValueError("token: must not start or end with whitespace")
     if not is_loopback(host) and not token:
         raise InsecureBindError(
             f"binding to {host!r} exposes the server beyond this machine; pass --token TOKEN "
@@ -56,6 +58,12 @@ class ServerConfig:
     max_image_pixels: int = 4096 * 4096
     max_bands: int = 32
     max_frames: int = 8
+    #: Work of one request: output pixels over all its images (width × height × images) …
+    max_pixels: int = 1024 * 1024
+    #: … denoising steps per image …
+    max_steps: int = 200
+    #: … and the estimated peak memory of sampling it (bytes; see ``tasks.estimate_memory``).
+    max_memory_bytes: int = 8 * 1024**3
     abandon_after: float = 120.0
     max_job_seconds: float = 1800.0
     job_ttl: float = 3600.0
@@ -64,11 +72,18 @@ class ServerConfig:
     reaper_interval: float = 1.0
 
     def validate(self) -> ServerConfig:
+        from ..validation import check_device
+
         check_bind(self.host, self.token)
+        check_device(self.device)
         if not 1 <= self.workers <= 64:
             raise ValueError(f"workers={self.workers!r}: out of range; allowed [1, 64]")
         if not 0 <= self.max_queue <= 10_000:
             raise ValueError(f"max_queue={self.max_queue!r}: out of range; allowed [0, 10000]")
+        if not 64 <= self.max_pixels <= 2**31:
+            raise ValueError(f"max_pixels={self.max_pixels!r}: out of range; allowed [64, 2^31]")
+        if not 1 <= self.max_steps <= 1000:
+            raise ValueError(f"max_steps={self.max_steps!r}: out of range; allowed [1, 1000]")
         for name in ("abandon_after", "max_job_seconds", "job_ttl", "shutdown_grace", "reaper_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be > 0 seconds")

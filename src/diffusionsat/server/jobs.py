@@ -14,6 +14,7 @@ import enum
 import logging
 import math
 import shutil
+import statistics
 import threading
 import time
 import uuid
@@ -41,6 +42,37 @@ class JobState(str, enum.Enum):
 
 class JobCancelled(Exception):
     """Raised inside a running job (from its progress callback) to stop sampling early."""
+
+
+_current = threading.local()
+
+
+def current_job() -> Job | None:
+    """The job this sampler thread is running, if any."""
+    return getattr(_current, "job", None)
+
+
+def check_cancelled(*_args: Any) -> None:
+    """Raise :class:`JobCancelled` if this thread's job was cancelled (a forward pre-hook)."""
+    job = current_job()
+    if job is not None and job.cancel_event.is_set():
+        raise JobCancelled(job.cancel_reason)
+
+
+def install_cancel_hooks(module: Any) -> int:
+    """Check the cancel flag before every block of ``module`` (a torch model), not only per step.
+
+    One denoising step of a large request can take minutes; with these hooks a cancelled job stops
+    within one block of the network. Modules are shared by the workers, so the hook looks up the
+    job of the calling thread. Returns the number of hooks installed.
+    """
+    count = 0
+    for sub in module.modules():
+        name = type(sub).__name__
+        if "Block" in name or "Transformer" in name or "Attention" in name:
+            sub.register_forward_pre_hook(check_cancelled)
+            count += 1
+    return count
 
 
 class QueueFull(Exception):
@@ -120,7 +152,7 @@ class JobQueue:
         self._threads: list[threading.Thread] = []
         self._accepting = False
         self._stop = threading.Event()
-        self._mean_seconds = 10.0  # running estimate of one job's duration, for Retry-After
+        self._durations: collections.deque[float] = collections.deque(maxlen=20)  # measured, for Retry-After
         self.completed = 0
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -229,8 +261,24 @@ class JobQueue:
         return len(self._running()) + len(self._waiting) < len(self._resources)
 
     def _retry_after(self) -> int:
-        backlog = len(self._waiting) + len(self._running())
-        estimate = self._mean_seconds * max(1, backlog) / len(self._resources)
+        """Seconds until a place in the queue is likely free: when the first running job ends.
+
+        Estimated from measured job times (median of the last 20) and each running job's progress;
+        before any job has finished, from the running jobs' progress alone.
+        """
+        typical = statistics.median(self._durations) if self._durations else None
+        now = time.time()
+        remaining = []
+        for job in self._running():
+            elapsed = now - (job.started or now)
+            if job.progress > 0.02:
+                remaining.append(elapsed * (1 - job.progress) / job.progress)
+            elif typical is not None:
+                remaining.append(max(0.0, typical - elapsed))
+        if remaining:
+            estimate = min(remaining)
+        else:
+            estimate = typical if typical is not None else 1.0
         return int(min(3600, max(1, math.ceil(estimate))))
 
     def _cancel(self, job: Job, reason: str) -> None:
@@ -264,6 +312,7 @@ class JobQueue:
 
     def _run(self, resource: Any, job: Job) -> None:
         began = time.monotonic()
+        _current.job = job
         try:
             job.folder.mkdir(parents=True, exist_ok=True)
             results = list(job.work(resource, job))
@@ -282,11 +331,16 @@ class JobQueue:
             with self._cond:
                 self._finish(job, JobState.FAILED, f"internal error: {type(err).__name__}: {err}")
             return
+        finally:
+            _current.job = None
         with self._cond:
+            if job.cancel_event.is_set():  # cancelled after the last step: still cancelled, no files
+                self._finish(job, JobState.CANCELLED, job.cancel_reason)
+                return
             job.results = results
             self._finish(job, JobState.SUCCEEDED)
             self.completed += 1
-            self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * (time.monotonic() - began)
+            self._durations.append(time.monotonic() - began)
 
     def _reaper(self) -> None:
         """Cancel abandoned or overlong jobs; delete expired ones with their files."""

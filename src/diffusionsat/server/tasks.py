@@ -24,7 +24,8 @@ from ..generation import GenerationRequest, generate_images, save_images
 from ..loading import load_pipeline, model_version, read_model_card, resolve_model
 from ..outputs import output_paths
 from ..schedulers import SCHEDULERS, scheduler_name
-from .jobs import Job, JobResult
+from ..validation import check_weights
+from .jobs import Job, JobResult, install_cancel_hooks
 from .uploads import UploadedImage
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ def load_controlnets(folder: Path, device: Any) -> dict[str, Any]:
     nets = {}
     for task, path in find_controlnets(folder).items():
         if path not in loaded:
+            check_weights(path)
             loaded[path] = controlnet_class(path).from_pretrained(str(path)).to(device)
             logger.info("loaded %s from %s for %s", type(loaded[path]).__name__, path.name, task)
         nets[task] = loaded[path]
@@ -152,6 +154,9 @@ class ServedModel:
             components |= {p.name for p in folder.iterdir() if (p / "config.json").is_file()}
         name = folder.name if folder.exists() else location
         controlnets = load_controlnets(folder, pipe.device) if folder.is_dir() else {}
+        for module in (pipe.unet, getattr(pipe, "vae", None), *controlnets.values()):
+            if module is not None:
+                install_cancel_hooks(module)
         return cls(pipe, name, location, model_version(location), read_model_card(location), frozenset(components),
                    controlnets)
 
@@ -173,6 +178,69 @@ class ServedModel:
             "components": sorted(self.components),
             "tasks": {task: task_status(self, task) for task in TASK_TITLES},
         }
+
+
+class OverLimit(ValueError):
+    """A valid request whose work is above one of the server's limits (``limit`` names it)."""
+
+    def __init__(self, field: str, limit: str, allowed: str, message: str):
+        super().__init__(message)
+        self.field, self.limit, self.allowed = field, limit, allowed
+
+
+#: Bytes of activations kept per latent element and UNet channel while sampling (skip connections,
+#: resnet intermediates, attention projections); measured on the tiny and SD-sized UNets on CPU,
+#: rounded up.
+ACTIVATION_FACTOR = 16
+#: The same for the VAE decoder at full resolution (its widest, top level dominates).
+DECODER_FACTOR = 8
+
+
+def estimate_memory(pipe: Any, width: int, height: int, batch: int) -> int:
+    """A rough upper estimate of the peak bytes one sampling call of ``batch`` images needs.
+
+    Weights + UNet activations over its levels (channels × latent pixels, ×2 for the
+    classifier-free guidance batch) + the VAE decoder at full size. Used to refuse requests that
+    would take the machine before they are queued, not to plan allocations.
+    """
+    weights = sum(p.numel() * p.element_size() for m in (pipe.unet, getattr(pipe, "vae", None),
+                                                        getattr(pipe, "text_encoder", None))
+                  if m is not None for p in m.parameters())
+    scale = pipe.vae_scale_factor
+    lh, lw = max(1, height // scale), max(1, width // scale)
+    levels = pipe.unet.config.block_out_channels
+    unet = sum(c * max(1, lh >> i) * max(1, lw >> i) for i, c in enumerate(levels))
+    activations = unet * 2 * batch * 4 * ACTIVATION_FACTOR
+    vae = getattr(pipe, "vae", None)
+    decoder = vae.config.block_out_channels[0] * width * height * batch * 4 * DECODER_FACTOR if vae is not None else 0
+    return int(weights + activations + decoder)
+
+
+def check_work(pipe: Any, config: Any, *, width: int, height: int, num_images: int, steps: int,
+               tile: int | None = None) -> None:
+    """Refuse a request whose *work* is over the server's limits, naming the limit (422).
+
+    Pixels over all images (``max_pixels``), steps per image (``max_steps``) and the estimated
+    memory of one sampling call (``max_memory_bytes``; tiled tasks sample one ``tile`` at a time,
+    one image at a time).
+    """
+    if steps > config.max_steps:
+        raise OverLimit("steps", "max_steps", f"[1, {config.max_steps}]",
+                        f"steps={steps}: over the server's limit max_steps={config.max_steps} (--max-steps)")
+    pixels = width * height * num_images
+    if pixels > config.max_pixels:
+        field = "num_images" if num_images > 1 and width * height <= config.max_pixels else "width"
+        raise OverLimit(field, "max_pixels", f"width × height × num_images <= {config.max_pixels}",
+                        f"{field}: {num_images} image(s) of {width}x{height} = {pixels} pixels; over the server's "
+                        f"limit max_pixels={config.max_pixels} (--max-pixels)")
+    if tile is not None:
+        memory = estimate_memory(pipe, min(width, tile), min(height, tile), 1)
+    else:
+        memory = estimate_memory(pipe, width, height, num_images)
+    if memory > config.max_memory_bytes:
+        raise OverLimit("width", "max_memory", f"estimated memory <= {config.max_memory_bytes} bytes",
+                        f"width: {num_images} image(s) of {width}x{height} would need about {memory / 2**30:.1f} GiB; "
+                        f"over the server's limit max_memory={config.max_memory_bytes / 2**30:.1f} GiB")
 
 
 def size_multiple(pipe: Any) -> int:
