@@ -39,7 +39,6 @@ def write_spec(path: Path, data: dict) -> Path:
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     from conftest import TINY_CAPTIONS
-
     from diffusionsat.models.presets import build_pipeline
 
     folder = tmp_path_factory.mktemp("model") / "tiny"
@@ -273,7 +272,12 @@ def _fake_ucmerced(root: Path, per_class: int = 5) -> Path:
 
 
 def test_downstream_reads_a_ucmerced_folder_and_derives_the_real_training_split(tmp_path):
-    from diffusionsat.evaluation.downstream import DownstreamConfig, load_labelled, match_counts, real_train_source
+    from diffusionsat.evaluation.downstream import (
+        DownstreamConfig,
+        load_labelled,
+        match_counts,
+        real_train_source,
+    )
 
     ucm = _fake_ucmerced(tmp_path / "ucm")
     test = load_labelled(ucm, split="heldout", size=16)
