@@ -518,6 +518,18 @@ def write_index(out: Path, spec: SynthSpec, samples: list[Sample], identity: dic
     return summary
 
 
+def _process_state(device: str | None):
+    """accelerate's process state: this process's rank among those ``accelerate launch`` started
+    (CPU processes when asked, when the device is the CPU, or when there is no GPU)."""
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or str(device or "").startswith("cpu") or \
+        not torch.cuda.is_available()
+    return PartialState(cpu=cpu)
+
+
 def synthesize(spec: SynthSpec, out: str | os.PathLike, *, model: str | os.PathLike | None = None,
                device: str | None = None, overwrite: bool = False,
                progress: Callable[[int], Any] | None = None,
@@ -529,8 +541,6 @@ def synthesize(spec: SynthSpec, out: str | os.PathLike, *, model: str | os.PathL
     path)`` is called after each shard this process writes. Returns the summary dict (with
     ``written`` = shards written by this process and ``up_to_date``).
     """
-    from accelerate import PartialState
-
     from .data.shards import ShardWriter, encode_image
     from .loading import load_pipeline, model_version, resolve_model
 
@@ -539,7 +549,7 @@ def synthesize(spec: SynthSpec, out: str | os.PathLike, *, model: str | os.PathL
     identity = _identity(spec, location, model_version(location))
     identity["source"] = f"synthesize:{identity['model']}"
     finished = check_output(out, identity, overwrite)  # every rank checks before anything is written
-    state = PartialState()
+    state = _process_state(device)
     if finished and not overwrite:
         summary = json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
         return {**summary, "written": [], "up_to_date": True, "main_process": state.is_main_process}
