@@ -52,7 +52,7 @@ def cli(verbose: bool) -> None:
 def _register() -> None:
     from . import generate, info  # noqa: F401  (each module adds its command to `cli`)
 
-    for optional in ("prepare_data", "train", "evaluate", "serve", "conditional", "convert"):
+    for optional in ("prepare_data", "train", "evaluate", "serve", "conditional", "convert", "synthesize", "downstream"):
         try:
             __import__(f"{__package__}.{optional}")
         except ModuleNotFoundError as err:
