@@ -203,3 +203,39 @@ def test_tiny_input_and_three_band_mask_are_one_line_errors(capsys, tmp_path, ti
     code, err = run(capsys, "inpaint", tmp_path / "img.png", "--mask", tmp_path / "mask.png", "--model",
                     tiny_model_dir, "--out", tmp_path / "o.png")
     assert code == 2 and "mask must have 1 band" in err and "got 3" in err, err
+
+
+# --- item 6: training data checked when the dataset is built --------------------------------------------
+NAIP = "naip-timeseries/m_4709963_se_14_1_20090818.tif"
+
+
+def train_flags(data: list[Path], out: Path, **extra) -> list[str]:
+    values = {"data": "[" + ", ".join(str(d) for d in data) + "]", "chip-size": 64, "bands": "1,2,3",
+              "preset": "tiny", "max-samples": 2, "batch-size": 2, "max-steps": 1, "checkpoint-every": 1,
+              "report-to": "null", "output-dir": out, "use-ema": "false", **extra}
+    return ["train", *[str(x) for key, value in values.items() for x in (f"--{key}", value)]]
+
+
+def test_train_skips_and_reports_a_damaged_raster(capsys, caplog, tmp_path, shared_data):
+    corrupt = shared_data / "geotiff-samples" / "corrupt.tif"
+    with caplog.at_level("WARNING"):
+        code, err = run(capsys, *train_flags([corrupt, shared_data / NAIP], tmp_path / "run"))
+    assert code == 0, err
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(str(corrupt) in m and "damaged" in m for m in warnings), warnings
+    assert (tmp_path / "run" / "model" / "model_index.json").is_file()
+
+
+def test_train_on_only_damaged_rasters_exits_2_before_any_step(capsys, tmp_path, shared_data, monkeypatch):
+    from diffusionsat.training.trainer import Trainer
+
+    def no_training(*_args, **_kwargs):
+        raise AssertionError("training started on a dataset without usable samples")
+
+    monkeypatch.setattr(Trainer, "train", no_training)
+    corrupt = shared_data / "geotiff-samples" / "corrupt.tif"
+    code, err = run(capsys, *train_flags([corrupt], tmp_path / "run"))
+    assert code == 2, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: data: no usable samples") and str(corrupt) in line and "damaged" in line, err
+    assert "Traceback" not in err and not (tmp_path / "run" / "model").exists()
