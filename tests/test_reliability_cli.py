@@ -203,3 +203,102 @@ def test_tiny_input_and_three_band_mask_are_one_line_errors(capsys, tmp_path, ti
     code, err = run(capsys, "inpaint", tmp_path / "img.png", "--mask", tmp_path / "mask.png", "--model",
                     tiny_model_dir, "--out", tmp_path / "o.png")
     assert code == 2 and "mask must have 1 band" in err and "got 3" in err, err
+
+
+# --- item 6: training data checked when the dataset is built --------------------------------------------
+NAIP = "naip-timeseries/m_4709963_se_14_1_20090818.tif"
+
+
+def train_flags(data: list[Path], out: Path, **extra) -> list[str]:
+    values = {"data": "[" + ", ".join(str(d) for d in data) + "]", "chip-size": 64, "bands": "1,2,3",
+              "preset": "tiny", "max-samples": 2, "batch-size": 2, "max-steps": 1, "checkpoint-every": 1,
+              "report-to": "null", "output-dir": out, "use-ema": "false", **extra}
+    return ["train", *[str(x) for key, value in values.items() for x in (f"--{key}", value)]]
+
+
+def test_train_skips_and_reports_a_damaged_raster(capsys, caplog, tmp_path, shared_data):
+    corrupt = shared_data / "geotiff-samples" / "corrupt.tif"
+    with caplog.at_level("WARNING"):
+        code, err = run(capsys, *train_flags([corrupt, shared_data / NAIP], tmp_path / "run"))
+    assert code == 0, err
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(str(corrupt) in m and "damaged" in m for m in warnings), warnings
+    assert (tmp_path / "run" / "model" / "model_index.json").is_file()
+
+
+def test_train_on_only_damaged_rasters_exits_2_before_any_step(capsys, tmp_path, shared_data, monkeypatch):
+    from diffusionsat.training.trainer import Trainer
+
+    def no_training(*_args, **_kwargs):
+        raise AssertionError("training started on a dataset without usable samples")
+
+    monkeypatch.setattr(Trainer, "train", no_training)
+    corrupt = shared_data / "geotiff-samples" / "corrupt.tif"
+    code, err = run(capsys, *train_flags([corrupt], tmp_path / "run"))
+    assert code == 2, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: data: no usable samples") and str(corrupt) in line and "damaged" in line, err
+    assert "Traceback" not in err and not (tmp_path / "run" / "model").exists()
+
+
+# --- item 7: a damaged RNG state is an error on resume, not silently ignored ----------------------------
+@pytest.mark.parametrize("damage", ["garbage", "missing"])
+def test_resume_from_a_damaged_rng_state_exits_2_naming_the_file(capsys, tmp_path, shared_data, damage):
+    from diffusionsat.training import list_checkpoints
+    from diffusionsat.training.reproducibility import check_rng_state
+
+    flags = train_flags([shared_data / NAIP], tmp_path / "run")
+    code, err = run(capsys, *flags)
+    assert code == 0, err
+    rng = list_checkpoints(tmp_path / "run")[-1] / "random_states_0.pkl"
+    assert check_rng_state(rng.parent) == rng  # what accelerate wrote passes the check
+    if damage == "garbage":
+        rng.write_bytes(b"\x80\x04not a pickle at all")
+    else:
+        rng.unlink()
+    code, err = run(capsys, *flags, "--max-steps", "2", "--resume", "latest")
+    assert code == 2, err
+    assert str(rng) in err and ("unreadable RNG state" if damage == "garbage" else "missing") in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["checkpoint-00000001"]  # no step was taken
+
+
+# --- item 5: train into a folder that cannot be written --------------------------------------------------
+@pytest.mark.parametrize("problem", ["read-only", "file in the way"])
+def test_read_only_output_of_train_exits_2_naming_the_folder(capsys, tmp_path, shared_data, monkeypatch, problem):
+    from diffusionsat.training import datasets
+
+    def no_dataset(_cfg):
+        raise AssertionError("the dataset was built although the output folder cannot be written")
+
+    monkeypatch.setattr(datasets, "build_dataset", no_dataset)
+    out = tmp_path / "run"
+    if problem == "read-only":
+        def read_only(*_args, **kwargs):  # as on a read-only mount (root ignores permission bits)
+            raise OSError(errno.EROFS, "Read-only file system", str(kwargs.get("dir")))
+
+        monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    else:
+        out.write_text("not a folder")
+    code, err = run(capsys, *train_flags([shared_data / NAIP], out))
+    assert code == 2, err
+    assert f"output_dir {str(out)!r}" in err and ("Read-only file system" if problem == "read-only" else "in the way") in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_tiny_inputs_are_refused_alike_by_the_cli_and_the_server(tmp_path):
+    import io
+
+    from diffusionsat.conditional import check_input_size
+    from diffusionsat.server.uploads import UploadError, inspect_image
+
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(np.full((1, 1, 3), 9, np.uint8)).save(buffer, format="PNG")
+    (tmp_path / "dot.png").write_bytes(buffer.getvalue())
+    with pytest.raises(ValueError) as cli_error:
+        check_input_size(tmp_path / "dot.png")
+    with pytest.raises(UploadError) as server_error:  # a 422 before anything is queued, not a failed job
+        inspect_image("image", "dot.png", buffer.getvalue(), max_bytes=1 << 20, max_pixels=1 << 20, max_bands=4)
+    assert server_error.value.status == 422 and server_error.value.field == "image"
+    assert "1x1 pixels; at least 8x8 needed" in str(cli_error.value)
+    assert "1x1 pixels; at least 8x8 needed" in str(server_error.value)

@@ -31,6 +31,7 @@ from .metadata import SatMetadata, parse_date
 from .outputs import GenerationRecord, OutputPaths, save_generated
 from .pipelines.pipeline_controlnet import DiffusionSatControlNetPipeline, sort_frames_by_date
 from .pipelines.sampling import composite_pixels
+from .validation import MIN_INPUT_SIDE, too_small_problem  # noqa: F401  (MIN_INPUT_SIDE: re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +39,6 @@ Window = tuple[int, int, int, int]  # col_off, row_off, width, height
 #: Most pixels of one input raster (or window) read whole: 16.8 Mpx, as the server's upload limit.
 #: Larger scenes are refused from their header, before any pixel is read (``--max-pixels`` raises it).
 DEFAULT_MAX_INPUT_PIXELS = 4096 * 4096
-#: Smallest input side: below it the networks' down-sampling leaves nothing to normalise.
-MIN_INPUT_SIDE = 8
 CONTROL_KINDS = ("road", "mask", "edges")
 
 
@@ -153,8 +152,8 @@ def check_input_size(path: str | os.PathLike, window: Window | None = None,
     if max_pixels is not None and width * height > max_pixels:
         raise DataError(path, f"{what} is {width}x{height} = {width * height} pixels, over the limit of {max_pixels} "
                               f"pixels; pass --max-pixels {width * height} to raise it, or --window to take a part")
-    if min(width, height) < MIN_INPUT_SIDE:
-        raise DataError(path, f"{what} is {width}x{height} pixels; at least {MIN_INPUT_SIDE}x{MIN_INPUT_SIDE} needed")
+    if (problem := too_small_problem(width, height, what)) is not None:
+        raise DataError(path, problem)
 
 
 def read_input(

@@ -146,6 +146,23 @@ def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = Fals
     return Path(path)
 
 
+def check_writable_dir(folder: str | os.PathLike, what: str = "output folder") -> Path:
+    """Make ``folder`` (and its parents) and write a probe file in it, so a read-only mount, a
+    missing permission or a file in the way is reported before any work is done — also for root,
+    whom permission bits do not stop. Raises :class:`PermissionError` naming the folder."""
+    target = Path(folder)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=target)
+        os.close(fd)
+        os.unlink(probe)
+    except FileExistsError:
+        raise NotADirectoryError(f"{what} {str(target)!r}: a file of that name is in the way") from None
+    except OSError as err:
+        raise PermissionError(f"{what} {str(target)!r} cannot be written ({err.strerror or err})") from None
+    return target
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; swap it into place only on success.

@@ -17,6 +17,18 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 
 
+#: The smallest input side (px) of the conditional tasks, in the CLI and the server alike: smaller
+#: images are refused with :func:`too_small_problem`'s message, never padded up.
+MIN_INPUT_SIDE = 8
+
+
+def too_small_problem(width: int, height: int, what: str = "input") -> str | None:
+    """The one-line problem of an input under :data:`MIN_INPUT_SIDE` px on a side, else ``None``."""
+    if min(width, height) >= MIN_INPUT_SIDE:
+        return None
+    return f"{what} is {width}x{height} pixels; at least {MIN_INPUT_SIDE}x{MIN_INPUT_SIDE} needed"
+
+
 class WeightsError(ValueError):
     """A model's weight file is missing, truncated, corrupt or a pickle."""
 

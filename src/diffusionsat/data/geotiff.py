@@ -603,6 +603,9 @@ class GeoTiffChips:
         paths: raster files or folders.
         chip_size: chip side in source pixels; ``resize_to`` resamples each chip (GSD scales).
         on_error: ``"raise"`` (default) or ``"skip"``: bad files then land in :attr:`skipped`.
+        verify_pixels: read every block of each file once at construction (:func:`check_pixels`),
+            so a damaged file (header fine, pixels unreadable) fails or is skipped here, not when
+            one of its chips is first read (``train`` sets it).
     """
 
     def __init__(
@@ -623,6 +626,7 @@ class GeoTiffChips:
         transform: Any = None,
         on_error: str = "raise",
         stack_bands: bool = True,
+        verify_pixels: bool = False,
     ):
         import rasterio
         from rasterio.windows import Window
@@ -639,6 +643,8 @@ class GeoTiffChips:
         for path in find_rasters(paths, stack_bands=stack_bands):
             try:
                 info = open_raster(path, bands=bands, band_names=band_names, nodata=nodata, date_pattern=date_pattern)
+                if verify_pixels:
+                    check_pixels(info)
                 with rasterio.open(info.dataset) as src:
                     # One mask read per scene when it fits in 64 MB, else one per window.
                     whole = src.dataset_mask() > 0 if info.width * info.height <= 64_000_000 else None

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ..validation import too_small_problem
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
@@ -95,6 +97,8 @@ def inspect_image(field: str, filename: str | None, data: bytes, *, max_bytes: i
         side = int(math.isqrt(max_pixels))
         raise UploadError(field, f"image is {width}x{height} pixels; the limit is {max_pixels} pixels "
                                  f"(e.g. {side}x{side})", status=413)
+    if (problem := too_small_problem(width, height, "image")) is not None:  # as the CLI: refused, not padded
+        raise UploadError(field, problem)
     if not 1 <= bands <= max_bands:
         raise UploadError(field, f"image has {bands} bands; allowed [1, {max_bands}]")
     return UploadedImage(field, safe_filename(filename), kind, data, width, height, bands, dtype, crs, transform)

@@ -8,6 +8,8 @@ __all__ = ["TrainConfig", "Trainer", "list_checkpoints", "load_config", "train"]
 
 def train(cfg: TrainConfig, resume: str | None = None):
     """Build the dataset of ``cfg`` and train; returns the final model folder."""
+    from ..fileio import check_writable_dir
     from .datasets import build_dataset
 
+    check_writable_dir(cfg.output_dir, "output_dir")  # before the dataset is built and checked
     return Trainer(cfg, build_dataset(cfg)).train(resume=resume)

@@ -51,12 +51,17 @@ def build_dataset(cfg: TrainConfig) -> Dataset:
     if shards:
         return ShardDataset(shards, shuffle_buffer=1000, seed=cfg.seed, transform=Resize(resolution))
     parts: list[Dataset] = [UCMerced(d, "train", size=resolution, seed=cfg.seed) for d in ucmerced]
+    skipped: list[tuple[str, str]] = []
     if rasters:
+        # Every file's pixels are read once here: a damaged one is skipped (and reported) now,
+        # not found when its first chip is drawn at step N.
         chips = GeoTiffChips(rasters, chip_size=cfg.chip_size or resolution, resize_to=resolution,
                              bands=cfg.bands, date_pattern=cfg.date_pattern, max_nodata=cfg.max_nodata,
-                             on_error="skip")
-        for path, problem in chips.skipped:
-            logger.warning("skipped %s: %s", path, problem)
+                             on_error="skip", verify_pixels=True)
+        skipped = chips.skipped
+        if skipped and len(chips):
+            logger.warning("data: %d file(s) skipped (%s); training on the %d chips of the others",
+                           len(skipped), "; ".join(f"{p}: {why}" for p, why in skipped[:3]), len(chips))
         parts.append(chips)
     if manifests:
         from ..data.manifest import ManifestDataset
@@ -64,8 +69,17 @@ def build_dataset(cfg: TrainConfig) -> Dataset:
         parts.append(ManifestDataset(manifests, transform=Resize(resolution)))
     dataset = parts[0] if len(parts) == 1 else ConcatDataset(parts)
     if len(dataset) == 0:
-        raise ValueError(f"data: no usable samples in {cfg.data} (all files skipped or empty)")
+        raise ValueError(no_samples_message(cfg.data, skipped))
     return _limit(dataset, cfg.max_samples)
+
+
+def no_samples_message(data: list[str], skipped: list[tuple[str, str]]) -> str:
+    """One line: nothing to train on, and why (the first skipped files and their problems)."""
+    if not skipped:
+        return f"data: no usable samples in {data} (no chip passed the size/nodata filters)"
+    reasons = "; ".join(f"{path}: {why}" for path, why in skipped[:3])
+    more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    return f"data: no usable samples, every file was skipped ({reasons}{more})"
 
 
 def _limit(dataset: Dataset, max_samples: int | None) -> Dataset:

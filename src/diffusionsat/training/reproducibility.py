@@ -9,7 +9,10 @@ distributed tests check.
 from __future__ import annotations
 
 import hashlib
+import os
+import random
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch.utils.data import Sampler
@@ -19,6 +22,43 @@ def sample_generator(seed: int, epoch: int, sample_id: int | str) -> torch.Gener
     """A CPU generator unique to (seed, epoch, sample index or key)."""
     digest = hashlib.blake2b(f"{seed}:{epoch}:{sample_id}".encode(), digest_size=8).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
+
+
+#: accelerate's per-process RNG state file in a checkpoint (``random_states_<rank>.pkl``).
+RNG_STATE_FILE = "random_states_{}.pkl"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be resumed from; the message names the file and the problem."""
+
+
+def check_rng_state(checkpoint: str | os.PathLike, process_index: int = 0) -> Path:
+    """Check the RNG state file of one process in ``checkpoint`` before resuming from it.
+
+    ``accelerate.load_state`` ignores a missing or unreadable RNG state (it only logs at INFO),
+    so a damaged checkpoint would resume with other random streams than the run it continues.
+    Here the file is read (as accelerate reads it: ``torch.load(weights_only=True)``) and each
+    state is tried on a throw-away generator; any problem raises :class:`CheckpointError`.
+    """
+    import numpy as np
+    from accelerate.utils import load
+
+    path = Path(checkpoint) / RNG_STATE_FILE.format(process_index)
+    if not path.is_file():
+        raise CheckpointError(f"cannot resume: {path}: the RNG state file is missing; the checkpoint is "
+                              "incomplete (resume from another checkpoint, or start afresh)")
+    try:
+        states = load(path)
+        random.Random().setstate(states["random_state"])
+        np.random.RandomState().set_state(states["numpy_random_seed"])
+        torch.Generator().set_state(states["torch_manual_seed"])
+    except Exception as err:  # noqa: BLE001 - unpickling or a wrong state: any failure means damaged
+        reason = (str(err).splitlines()[0] if str(err) else type(err).__name__).split(". ")[0][:160]
+        if isinstance(err, KeyError):
+            reason = f"no {err} entry"
+        raise CheckpointError(f"cannot resume: {path}: unreadable RNG state ({reason}); the checkpoint is "
+                              "damaged (resume from another checkpoint, or start afresh)") from None
+    return path
 
 
 class EpochSampler(Sampler[int]):

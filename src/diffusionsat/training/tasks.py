@@ -37,7 +37,8 @@ def build_task_dataset(cfg: TrainConfig, resolution: int) -> Dataset:
                               out_size=resolution)
     if cfg.task == "control":
         return GeoTiffChips(cfg.data, chip_size=chip, resize_to=resolution, bands=cfg.bands,
-                            date_pattern=cfg.date_pattern, max_nodata=cfg.max_nodata, on_error="skip")
+                            date_pattern=cfg.date_pattern, max_nodata=cfg.max_nodata, on_error="skip",
+                            verify_pixels=True)
     raise ValueError(f"task={cfg.task!r}: choose one of {', '.join(TASKS)}")
 
 

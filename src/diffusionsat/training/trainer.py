@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset, Subset
 
-from ..fileio import atomic_dir, atomic_path
+from ..fileio import atomic_dir, atomic_path, check_writable_dir
 from ..metadata import METADATA_FIELDS, SatMetadata, as_metadata
 from ..pipelines import DiffusionSatPipeline
 from .components import build_initial_pipeline, model_resolution
 from .config import TrainConfig
-from .reproducibility import EpochSampler, sample_generator
+from .reproducibility import EpochSampler, check_rng_state, sample_generator
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class Trainer:
         from accelerate.utils import ProjectConfiguration
 
         self.cfg = cfg.validate()
-        self.output_dir = Path(cfg.output_dir)
+        self.output_dir = check_writable_dir(cfg.output_dir, "output_dir")
         if not isinstance(dataset, IterableDataset) and len(dataset) == 0:  # type: ignore[arg-type]
             raise ValueError("the training dataset is empty: check the data paths and chip settings")
         self.dataset = dataset
@@ -362,6 +362,8 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         set_seed(cfg.seed)
         resume_from = resolve_resume(self.output_dir, resume)
+        if resume_from is not None:  # accelerate would silently skip a damaged RNG state
+            check_rng_state(resume_from, acc.process_index)
         resolution = model_resolution(cfg)
         self._check_sample_size(resolution)
         pipe = self._base_pipeline(resume_from)
