@@ -159,3 +159,24 @@ def test_shipped_encoder_was_trained_on_the_ucm_train_split(shared_data):
     assert record["ucmerced"]["heldout_files"] == sorted(f"ucmerced/{p.parent.name}/{p.name}" for p, _ in held.records)
     assert set(record["heldout"]["scene_accuracy_per_class"]) == set(SCENE_CLASSES)
     assert set(record["heldout_ucm_whole"]["scene_accuracy_per_class"]) == set(UCM_SCENE_CLASSES)
+
+
+@pytest.mark.shared_data
+def test_shipped_encoder_recognises_whole_heldout_ucm_images(shared_data, tmp_path):
+    """The records `train_default_model.py --export-heldout --ucmerced` writes (whole held-out images,
+    64 px, scene ucm-<class>): recognised far above chance (1/26), and as the card says."""
+    from diffusionsat.evaluation.domain_encoder import load_domain_encoder
+
+    encoder = load_domain_encoder()
+    chips = [whole_image_chip(r) for r in load_ucmerced(shared_data, "heldout")]
+    images = torch.stack([torch.from_numpy(c.image).permute(2, 0, 1).float() / 255.0 for c in chips])
+    with torch.no_grad():
+        pred = torch.cat([encoder(images[i:i + 128])["scene_logits"].argmax(-1) for i in range(0, len(images), 128)])
+    truth = torch.tensor([SCENE_CLASSES.index(c.scene) for c in chips])
+    hits = (pred == truth).float().numpy()
+    class_mean = class_mean_estimate(hits, truth.numpy(), resamples=0).value
+    assert len(chips) == 336 and class_mean >= 0.5, class_mean
+    record = json.loads((shipped_encoder_path() / "training.json").read_text())
+    assert class_mean == pytest.approx(record["heldout_ucm_whole"]["scene_accuracy_class_mean"], abs=0.02)
+    card = (shipped_encoder_path() / "README.md").read_text()
+    assert f"**{record['heldout_ucm_whole']['scene_accuracy']:.3f}**" in card and "ucm-harbor" in card
