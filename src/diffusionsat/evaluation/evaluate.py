@@ -55,7 +55,7 @@ from .metrics import (
     summarize_psnr,
 )
 from .networks import InceptionFeatures, LPIPSDistance, PretrainedWeightsMissing, load_clip, load_lpips
-from .stats import Estimate, mean_estimate
+from .stats import Estimate, class_mean_estimate, mean_estimate
 
 logger = logging.getLogger(__name__)
 
@@ -377,6 +377,10 @@ METRIC_INFO: dict[str, tuple[str, str]] = {
     "domain_kid": ("lower", "KID on the domain encoder's embedding (same sets as domain FID)"),
     "classification_score": ("higher", "fraction of images the domain encoder assigns to the requested scene class "
                                        "(the record's 'scene', else the class it assigns to the real image)"),
+    "classification_score_class_mean": ("higher", "classification score averaged over classes: the mean over target "
+                                                  "classes of each class's recognition rate (every class counts once)"),
+    "classification_ratio_to_real": ("higher", "class-averaged classification score of the row divided by that of the "
+                                               "real images (real-vs-real row): 1 = recognised as often as real images"),
     "gsd_error": ("lower", "metadata faithfulness, GSD: |log2(predicted GSD / requested GSD)| (1 = off by 2x)"),
     "gsd_within_1.5x": ("higher", "metadata faithfulness, GSD: fraction predicted within a factor 1.5 of the request"),
     "season_accuracy": ("higher", "metadata faithfulness, season: predicted season = requested (month, hemisphere)"),
@@ -448,6 +452,7 @@ def compute_metrics(
         targets, labelled = classification_targets(nets.domain, records, real_out)
         ref = real_out.embedding[half_a]
         conditions = sorted({nets.domain.scene_classes[t] for t in targets})
+        all_hits: dict[str, np.ndarray] = {}
         for c in candidates:
             out = real_out if c.role == "floor" else domain_outputs(nets.domain, c.images, desc=f"domain features ({c.name})")
             put("domain_fid", c.name, fid(ref, out.embedding[half_b], seed=seed, resamples=bootstrap))
@@ -463,7 +468,20 @@ def compute_metrics(
                 idx = np.asarray([i for i, t in enumerate(targets) if nets.domain.scene_classes[t] == cond])
                 entry = per_condition.setdefault(cond, {"num_records": int(len(idx)), "classification_score": {}})
                 entry["classification_score"][c.name] = float(hits[idx].mean())
+            all_hits[c.name] = hits
+        floor = next((c.name for c in candidates if c.role == "floor"), None)
+        for c in candidates:
+            put("classification_score_class_mean", c.name, class_mean_estimate(all_hits[c.name], targets, seed=seed))
+            if floor is None:
+                put("classification_ratio_to_real", c.name, Estimate.missing("no real-vs-real row"))
+            elif c.name == floor:
+                put("classification_ratio_to_real", c.name,
+                    Estimate(1.0, n, method="the reference", note="the real images themselves"))
+            else:
+                put("classification_ratio_to_real", c.name,
+                    class_mean_estimate(all_hits[c.name], targets, seed=seed, reference=all_hits[floor]))
         per_condition["_targets"] = [nets.domain.scene_classes[t] for t in targets]
+        per_condition["_floor"] = floor
     # Inception: FID, KID (+ IS for generation).
     if nets.inception is not None:
         real_inc = inception_outputs(nets.inception, real, desc="inception features (real)")
@@ -501,6 +519,26 @@ def compute_metrics(
                     values = np.concatenate([net(pred[i:i + 64], real[i:i + 64]).numpy() for i in range(0, n, 64)])
                     put(metric, c.name, mean_estimate(values, seed=seed))
     return tables, per_condition
+
+
+def classification_summary(tables: dict[str, dict[str, Estimate]], per_condition: dict[str, Any]) -> dict[str, Any] | None:
+    """The class-averaged classification score per row and its ratio to the real images' (for model cards:
+    "X % of the real images' rate, averaged over classes"); ``None`` without the domain encoder."""
+    means = tables.get("classification_score_class_mean")
+    if not means:
+        return None
+    ratios = tables.get("classification_ratio_to_real", {})
+    floor = per_condition.get("_floor")
+    classes = [k for k in per_condition if not k.startswith("_")]
+    return {
+        "num_classes": len(classes),
+        "reference_row": floor,
+        "real_class_mean": means[floor].value if floor in means else None,
+        "rows": {row: {"class_mean": est.value, "ratio_to_real": ratios[row].value if row in ratios else None,
+                       "ratio_low": ratios[row].low if row in ratios else None,
+                       "ratio_high": ratios[row].high if row in ratios else None}
+                 for row, est in means.items()},
+    }
 
 
 # --- step 7 + the whole run ------------------------------------------------------------------------------
@@ -583,6 +621,7 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
             for name, rows in tables.items()
         },
         "per_condition": {k: v for k, v in per_condition.items() if not k.startswith("_")},
+        "classification_summary": classification_summary(tables, per_condition),
         "seasons": list(SEASONS),
     }
     # 7. files

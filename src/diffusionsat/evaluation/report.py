@@ -30,6 +30,10 @@ def _fmt(value: float | None) -> str:
     return f"{value:.4f}"
 
 
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f} %"
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The report as Markdown: what was compared, which networks ran, and one table per metric."""
     lines = [
@@ -49,6 +53,21 @@ def markdown(report: dict[str, Any]) -> str:
     for name, status in report["networks"].items():
         text = f"available ({status['path']})" if status["available"] else f"**not available** — {status['reason']}"
         lines.append(f"- {name}: {text}")
+    summary = report.get("classification_summary")
+    if summary:
+        lines += ["", "## Class recognition, averaged over classes", "",
+                  f"Mean over the {summary['num_classes']} target classes of each class's recognition rate by the domain "
+                  f"encoder (every class counts once); real images ({summary['reference_row']} row): "
+                  f"**{_fmt(summary['real_class_mean'])}**.", ""]
+        for row, entry in summary["rows"].items():
+            if row == summary["reference_row"]:
+                continue
+            text = f"- {row}: **{_fmt(entry['class_mean'])}**"
+            if entry["ratio_to_real"] is not None:
+                text += f" = **{_pct(entry['ratio_to_real'])}** of the real images' rate, averaged over classes"
+                if entry["ratio_low"] is not None:
+                    text += f" (95 % interval {_pct(entry['ratio_low'])}–{_pct(entry['ratio_high'])})"
+            lines.append(text)
     lines += ["", "## Metrics", "",
               "Each value: estimate [95 % interval]; std = per-image spread (KID/IS: over subsets; FID: bootstrap); "
               "n = images per row.", ""]
@@ -66,6 +85,11 @@ def markdown(report: dict[str, Any]) -> str:
         for cond, entry in report["per_condition"].items():
             scores = [_fmt(entry["classification_score"].get(r)) for r in rows]
             lines.append(f"| {cond} | {entry['num_records']} | " + " | ".join(scores) + " |")
+        if summary:
+            means = [_fmt(summary["rows"].get(r, {}).get("class_mean")) for r in rows]
+            ratios = [_pct(summary["rows"].get(r, {}).get("ratio_to_real")) for r in rows]
+            lines.append(f"| **mean over classes** | {summary['num_classes']} classes | " + " | ".join(means) + " |")
+            lines.append("| **ratio to real** | | " + " | ".join(ratios) + " |")
         lines.append("")
     if report.get("grids"):
         lines += ["## Samples (top row real, then one row per model)", ""]

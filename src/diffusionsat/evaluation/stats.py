@@ -87,3 +87,54 @@ def bootstrap_set_metric(
     ]
     alpha = (1 - CONFIDENCE) / 2
     return value, float(np.quantile(samples, alpha)), float(np.quantile(samples, 1 - alpha)), float(np.std(samples))
+
+
+def _class_means(values: np.ndarray, groups: list[np.ndarray]) -> float:
+    return float(np.mean([values[g].mean() for g in groups]))
+
+
+def class_mean_estimate(
+    values: np.ndarray | list[float], classes: np.ndarray | list[Any], seed: int = 0, resamples: int = BOOTSTRAP,
+    reference: np.ndarray | list[float] | None = None,
+) -> Estimate:
+    """Mean over classes of the per-class mean of ``values`` (each class counts once, whatever its size).
+
+    With ``reference`` (per-image values of the same records, e.g. the real images' hits), the
+    estimate is the ratio class-mean(values) / class-mean(reference). The interval comes from a
+    bootstrap stratified by class (images resampled within each class; for a ratio, the same
+    records for both, so the pairing is kept); ``std`` is the spread of the per-class means.
+    """
+    arr = np.asarray(values, dtype=np.float64).ravel()
+    labels = np.asarray(classes).ravel()
+    if arr.size != labels.size or (reference is not None and np.asarray(reference).size != arr.size):
+        raise ValueError(f"{arr.size} values for {labels.size} class labels: they must be aligned")
+    if arr.size == 0:
+        return Estimate.missing("no images")
+    groups = [np.flatnonzero(labels == c) for c in dict.fromkeys(labels.tolist())]
+    ref = None if reference is None else np.asarray(reference, dtype=np.float64).ravel()
+
+    def statistic(idx: list[np.ndarray]) -> float:
+        value = _class_means(arr, idx)
+        if ref is None:
+            return value
+        base = _class_means(ref, idx)
+        return value / base if base > 0 else float("nan")
+
+    value = statistic(groups)
+    per_class = [arr[g].mean() for g in groups] if ref is None else [
+        arr[g].mean() / ref[g].mean() if ref[g].mean() > 0 else np.nan for g in groups]
+    kind = "ratio of class-averaged means" if ref is not None else "mean over classes of per-class means"
+    note = f"{len(groups)} classes"
+    if ref is not None and not math.isfinite(value):
+        return Estimate.missing("the reference rate is 0 in every class", n=int(arr.size))
+    if arr.size == 1 or resamples < 2:
+        return Estimate(value, int(arr.size), std=float(np.nanstd(per_class)), method=kind, note=note)
+    rng = np.random.default_rng(seed)
+    samples = np.asarray([statistic([g[rng.integers(0, g.size, g.size)] for g in groups]) for _ in range(resamples)])
+    samples = samples[np.isfinite(samples)]
+    alpha = (1 - CONFIDENCE) / 2
+    low, high = (float(np.quantile(samples, alpha)), float(np.quantile(samples, 1 - alpha))) if samples.size else (None, None)
+    return Estimate(
+        value=value, n=int(arr.size), low=low, high=high, std=float(np.nanstd(per_class)),
+        method=f"{kind}; class-stratified bootstrap {int(CONFIDENCE * 100)}% CI ({resamples} resamples)", note=note,
+    )
