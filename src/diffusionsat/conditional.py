@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .choices import CONTROL_KINDS
 from .data.errors import DataError
 from .data.geotiff import RasterInfo, open_raster
 from .geo import as_crs, crs_label, gsd_metres, scaled_transform, window_center_lonlat, window_transform
@@ -35,7 +36,6 @@ from .pipelines.sampling import composite_pixels
 logger = logging.getLogger(__name__)
 
 Window = tuple[int, int, int, int]  # col_off, row_off, width, height
-CONTROL_KINDS = ("road", "mask", "edges")
 
 
 @dataclass

@@ -13,10 +13,8 @@ from pathlib import Path
 
 import click
 
-from .. import conditional as tasks
-from ..loading import model_version, resolve_model
-from ..outputs import check_outputs, output_paths
-from ..schedulers import SCHEDULERS, make_scheduler, scheduler_name
+from ..choices import CONTROL_KINDS
+from ..schedulers import SCHEDULERS, scheduler_name
 from .main import InputError, cli
 from .options import metadata_from_options, metadata_options, sampling_options
 
@@ -51,13 +49,17 @@ def _check_sampling(steps: int, guidance: float, scheduler: str | None, tile: in
         raise InputError(f"--overlap={overlap}: must be >= 0 and smaller than the tile")
 
 
-def _load(model, controlnet, device, scheduler, task):
+def _load(model, checkpoint, controlnet, device, scheduler, task):
     import diffusers
     import transformers
 
+    from ..loading import describe_model, resolve_model
     from ..pipelines.pipeline_controlnet import load_controlnet_pipeline
+    from ..schedulers import make_scheduler
 
-    location = resolve_model(model)
+    location = resolve_model(model, checkpoint)
+    if describe_model(location) != location:  # a run folder: say which checkpoint
+        click.echo(f"model: {describe_model(location)}", err=True)
     diffusers.utils.logging.disable_progress_bar()  # loading bars; the denoising bar stays
     transformers.utils.logging.disable_progress_bar()
     pipe = load_controlnet_pipeline(location, controlnet=controlnet, device=device, task=task)
@@ -67,6 +69,10 @@ def _load(model, controlnet, device, scheduler, task):
 
 
 def _write(result, out, default_stem, task, prompt, steps, guidance, pipe, location, overwrite):
+    from .. import conditional as tasks
+    from ..loading import model_version
+    from ..outputs import check_outputs, output_paths
+
     paths = output_paths(out or f"{default_stem}_{task}.png", 1, geotiff=result.crs is not None)[0]
     check_outputs([paths], overwrite)
     written = tasks.save_task_result(
@@ -109,18 +115,20 @@ Examples:
 @metadata_options
 @sampling_options
 def superres(inputs, scale, reproject, prompt, controlnet, bands, window, tile, overlap, out, lat, lon, gsd,
-             cloud_cover, cloud_percent, date, seed, steps, guidance, metadata_guidance, scheduler, model, device,
-             overwrite):
+             cloud_cover, cloud_percent, date, seed, steps, guidance, metadata_guidance, scheduler, model, checkpoint,
+             device, overwrite):
     """Super-resolve low-res raster INPUTS (one, or several dates of one place) to RGB SCALE times finer.
 
     Large scenes are processed tile by tile with blended overlaps; the output keeps the input's
     footprint and CRS with a GSD SCALE times finer.
     """
+    from .. import conditional as tasks
+
     if not 1 <= scale <= 16:
         raise InputError(f"--scale={scale}: out of range; allowed [1, 16]")
     _check_sampling(steps, guidance, scheduler, tile, overlap)
     overrides = _overrides(lat, lon, gsd, cloud_cover, cloud_percent, date)
-    pipe, location = _load(model, controlnet, device, scheduler, "superres")
+    pipe, location = _load(model, checkpoint, controlnet, device, scheduler, "superres")
     trained = tasks.controlnet_bands(pipe)
     chosen = bands or (",".join(trained) if trained else None)
     parsed = tasks.parse_window(window)
@@ -158,12 +166,13 @@ Examples:
 @sampling_options
 def temporal(frames, target_date, frame_dates, date_pattern, reproject, prompt, controlnet, bands, window, tile,
              overlap, out, lat, lon, gsd, cloud_cover, cloud_percent, date, seed, steps, guidance, metadata_guidance,
-             scheduler, model, device, overwrite):
+             scheduler, model, checkpoint, device, overwrite):
     """Generate the image of a place at --target-date from FRAMES of it at other dates (any order).
 
     Frames are sorted by date; dates come from --frame-dates, sidecars, tags, Landsat IDs or
     --date-pattern. All frames must share the first frame's grid (or use --reproject).
     """
+    from .. import conditional as tasks
     from ..metadata import parse_date
 
     if date is not None:
@@ -180,7 +189,7 @@ def temporal(frames, target_date, frame_dates, date_pattern, reproject, prompt, 
     undated = [r.path.name for r in rasters if r.metadata.year is None]
     if undated:
         raise InputError(f"no date known for {undated[0]}; give --frame-dates or --date-pattern")
-    pipe, location = _load(model, controlnet, device, scheduler, "temporal")
+    pipe, location = _load(model, checkpoint, controlnet, device, scheduler, "temporal")
     result = tasks.predict_temporal(pipe, rasters, target_date=target_date, prompt=prompt, metadata=overrides,
                                     seed=_seed(seed), reproject=reproject,
                                     **_sampling_kwargs(steps, guidance, metadata_guidance, tile, overlap))
@@ -204,9 +213,11 @@ Examples:
 @metadata_options
 @sampling_options
 def inpaint(image, mask_path, geojson, prompt, controlnet, bands, window, tile, overlap, out, lat, lon, gsd,
-            cloud_cover, cloud_percent, date, seed, steps, guidance, metadata_guidance, scheduler, model, device,
-            overwrite):
+            cloud_cover, cloud_percent, date, seed, steps, guidance, metadata_guidance, scheduler, model, checkpoint,
+            device, overwrite):
     """Fill the masked pixels of IMAGE; every unmasked pixel is returned exactly as read."""
+    from .. import conditional as tasks
+
     if (mask_path is None) == (geojson is None):
         raise InputError("give exactly one of --mask MASK.tif or --geojson FEATURES.geojson")
     _check_sampling(steps, guidance, scheduler, tile, overlap)
@@ -217,7 +228,7 @@ def inpaint(image, mask_path, geojson, prompt, controlnet, bands, window, tile, 
         fill = tasks.mask_from_raster(mask_path, raster, window=parsed)
     else:
         fill = tasks.mask_from_geojson(geojson, raster)
-    pipe, location = _load(model, controlnet, device, scheduler, "inpaint")
+    pipe, location = _load(model, checkpoint, controlnet, device, scheduler, "inpaint")
     result = tasks.inpaint_raster(pipe, raster, fill, prompt=prompt, metadata=overrides, seed=_seed(seed),
                                   **_sampling_kwargs(steps, guidance, metadata_guidance, tile, overlap))
     _write(result, out, Path(image).stem, "inpaint", prompt, steps, guidance, pipe, location, overwrite)
@@ -226,6 +237,10 @@ def inpaint(image, mask_path, geojson, prompt, controlnet, bands, window, tile, 
 # --- `generate --control KIND IMAGE`: a hook on the existing generate command ------------------------
 def _controlled_generate(original, control, controlnet, **kwargs):
     """Run plain ``generate`` unless ``--control`` is given; then steer it with the control map."""
+    from .. import conditional as tasks
+    from ..loading import model_version
+    from ..outputs import check_outputs, output_paths
+
     if control is None:
         if controlnet is not None:
             raise InputError("--controlnet needs --control KIND IMAGE")
@@ -245,7 +260,7 @@ def _controlled_generate(original, control, controlnet, **kwargs):
         raise InputError("--geotiff with --control needs a georeferenced control image")
     paths = output_paths(kwargs["out"] or f"{Path(image).stem}_{kind}.png", num_images, geotiff=raster.georeferenced)
     check_outputs(paths, kwargs["overwrite"])
-    pipe, location = _load(kwargs["model"], controlnet, kwargs["device"], scheduler, "control")
+    pipe, location = _load(kwargs["model"], kwargs["checkpoint"], controlnet, kwargs["device"], scheduler, "control")
     seed = _seed(kwargs["seed"])
     for i, path in enumerate(paths):
         result = tasks.controlled_generation(
@@ -266,7 +281,7 @@ def _hook_generate() -> None:
     if command is None or any(p.name == "control" for p in command.params):
         return
     command.params.append(click.Option(
-        ["--control"], nargs=2, type=(click.Choice(tasks.CONTROL_KINDS), str), default=None,
+        ["--control"], nargs=2, type=(click.Choice(CONTROL_KINDS), str), default=None,
         help="Steer generation with a map: road|mask|edges IMAGE (needs a model with a controlnet/).",
     ))
     command.params.append(click.Option(["--controlnet"], default=None, help="ControlNet folder for --control."))

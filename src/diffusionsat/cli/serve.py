@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .main import InputError, cli
+from .main import InputError, cli, require_extra
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +42,11 @@ Examples:
               help="torch CPU threads per process (default: torch's choice; 1 per worker avoids oversubscription).")
 def serve(host, port, model, token, max_queue, workers, device, output_dir, job_ttl, abandon_after, threads):
     """Serve the web page and the REST API (OpenAPI at /docs, /openapi.json)."""
-    try:
-        import uvicorn
+    require_extra("serve")
+    import uvicorn
 
-        from ..server import check_bind, create_app
-    except ModuleNotFoundError as err:
-        raise InputError(f"the server needs the 'serve' extra: pip install 'diffusionsat[serve]' ({err.name} missing)") from None
+    from ..server import check_bind, create_app
+
     try:
         check_bind(host, token)  # before loading any model
     except ValueError as err:  # InsecureBindError included

@@ -470,17 +470,53 @@ class DiffusionSatControlNetPipeline(DiffusionSatPipeline):
 
 
 # --- model folders: the base pipeline + a controlnet/ subfolder ------------------------------------------
-def controlnet_class(folder: str | os.PathLike) -> type[SatControlNet] | type[SatControlNet3D]:
-    """Which ControlNet class a saved ``controlnet`` folder holds (from its config.json)."""
+#: ``_class_name`` of the original DiffusionSat ControlNets, converted when loaded.
+ORIGINAL_CONTROLNETS = ("ControlNetModel", "ControlNetModel3D")
+
+
+def controlnet_class(folder: str | os.PathLike) -> type[SatControlNet] | type[SatControlNet3D] | None:
+    """Which ControlNet class a saved ``controlnet`` folder holds (from its config.json); ``None``
+    for an original DiffusionSat ControlNet (converted on loading)."""
     config = Path(folder) / "config.json"
     if not config.is_file():
         raise FileNotFoundError(f"{str(folder)!r} is not a ControlNet folder (no config.json)")
     name = json.loads(config.read_text(encoding="utf-8")).get("_class_name")
     classes = {"SatControlNet": SatControlNet, "SatControlNet3D": SatControlNet3D}
+    if name in ORIGINAL_CONTROLNETS:
+        return None
     if name not in classes:
-        raise ValueError(f"{str(folder)!r} holds a {name!r}; expected one of {', '.join(classes)} (convert original "
-                         "checkpoints with `diffusionsat convert-checkpoint`)")
+        raise ValueError(f"{str(folder)!r} holds a {name!r}; expected one of "
+                         f"{', '.join([*classes, *ORIGINAL_CONTROLNETS])}")
     return classes[name]
+
+
+def controlnet_folder(folder: str | os.PathLike) -> Path:
+    """The ControlNet inside ``folder``: itself, its ``controlnet/``, or the latest
+    ``checkpoint-<N>/controlnet`` of an original ControlNet run."""
+    path = Path(folder)
+    if (path / "config.json").is_file():
+        return path
+    if (path / CONTROLNET_SUBFOLDER / "config.json").is_file():
+        return path / CONTROLNET_SUBFOLDER
+    from ..loading import _CHECKPOINT_RE
+
+    runs = sorted((int(m.group(1)), c) for c in path.glob("checkpoint-*")
+                  if (m := _CHECKPOINT_RE.fullmatch(c.name)) and (c / CONTROLNET_SUBFOLDER / "config.json").is_file())
+    return runs[-1][1] / CONTROLNET_SUBFOLDER if runs else path
+
+
+def load_controlnet(folder: str | os.PathLike, torch_dtype: torch.dtype | None = None) -> SatControlNet | SatControlNet3D:
+    """Load a ControlNet folder of ours, or an original one (converted in memory, as ``convert-checkpoint``)."""
+    folder = controlnet_folder(folder)
+    cls = controlnet_class(folder)
+    if cls is None:
+        from ..conversion import convert_controlnet
+
+        logger.info("converting the original ControlNet in %s", folder)
+        net = convert_controlnet(folder)
+        return net.to(torch_dtype) if torch_dtype is not None else net
+    kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+    return cls.from_pretrained(str(folder), **kwargs)
 
 
 def find_controlnet_folder(model: str | os.PathLike, task: str | None = None) -> Path:
@@ -498,24 +534,28 @@ def load_controlnet_pipeline(
     dtype: torch.dtype | None = None,
     task: str | None = None,
 ) -> DiffusionSatControlNetPipeline:
-    """Load a task model: the base pipeline folder ``model`` plus its ControlNet.
+    """Load a task model: the base model ``model`` (any layout :meth:`DiffusionSatPipeline.from_pretrained`
+    takes) plus its ControlNet.
 
-    The ControlNet is ``controlnet`` if given, else ``model/controlnet_<task>/``, else ``model/controlnet/``.
+    The ControlNet is ``controlnet`` if given (a ControlNet folder, or a run folder with ``controlnet/``
+    or ``checkpoint-<N>/controlnet``), else ``model/controlnet_<task>/``, else ``model/controlnet/``.
+    Original DiffusionSat ControlNets are converted on loading.
     """
-    folder = Path(model)
-    cn_folder = Path(controlnet) if controlnet is not None else find_controlnet_folder(folder, task)
+    from ..loading import local_model_folder, model_layout
+
+    folder = local_model_folder(model)
+    root = model_layout(folder).root
+    cn_folder = controlnet_folder(controlnet) if controlnet is not None else find_controlnet_folder(root, task)
     if not (cn_folder / "config.json").is_file():
         raise FileNotFoundError(
             f"no ControlNet in {str(cn_folder)!r}: a task model is the base model folder plus a 'controlnet/' "
             "subfolder (or pass --controlnet PATH)"
         )
     kwargs = {"torch_dtype": dtype} if dtype is not None else {}
-    index = folder / "model_index.json"
-    own = cn_folder == folder / CONTROLNET_SUBFOLDER
-    if own and index.is_file() and "controlnet" in json.loads(index.read_text(encoding="utf-8")):
+    if cn_folder == root / CONTROLNET_SUBFOLDER and "controlnet" in model_layout(root).index:
         return DiffusionSatControlNetPipeline.from_pretrained(str(folder), **kwargs).to(device)
+    net = load_controlnet(cn_folder, torch_dtype=dtype)
     base = DiffusionSatPipeline.from_pretrained(str(folder), **kwargs)
-    net = controlnet_class(cn_folder).from_pretrained(str(cn_folder), **kwargs)
     components = {k: v for k, v in base.components.items() if k != "controlnet"}
     pipe = DiffusionSatControlNetPipeline(**components, controlnet=net)
     return pipe.to(device)

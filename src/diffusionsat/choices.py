@@ -1,0 +1,9 @@
+"""Names the command line validates before loading anything, kept in a module without heavy imports
+so that ``diffusionsat --help`` and option parsing never import torch or diffusers."""
+
+from __future__ import annotations
+
+#: ``generate --control KIND``: maps a ControlNet steers generation with.
+CONTROL_KINDS = ("road", "mask", "edges")
+#: ``evaluate --task``.
+EVAL_TASKS = ("generate", "superres", "temporal", "inpaint")
