@@ -161,15 +161,16 @@ Examples:
 @click.option("--frame-dates", default=None, help="Dates of the frames, comma-separated, in the order given.")
 @click.option("--date-pattern", default=None, help="Date in the file names, e.g. '*_{YYYYMMDD}.tif' or '{YYYY}.tif'.")
 @click.option("--reproject", is_flag=True, help="Resample frames on another grid onto the first frame's grid.")
+@click.option("--keep-order", is_flag=True, help="Give the frames to the model in the order listed (default: by date).")
 @task_options
 @metadata_options
 @sampling_options
-def temporal(frames, target_date, frame_dates, date_pattern, reproject, prompt, controlnet, bands, window, tile,
+def temporal(frames, target_date, frame_dates, date_pattern, reproject, keep_order, prompt, controlnet, bands, window, tile,
              overlap, out, lat, lon, gsd, cloud_cover, cloud_percent, date, seed, steps, guidance, metadata_guidance,
              scheduler, model, checkpoint, device, overwrite):
     """Generate the image of a place at --target-date from FRAMES of it at other dates (any order).
 
-    Frames are sorted by date; dates come from --frame-dates, sidecars, tags, Landsat IDs or
+    Frames are sorted by date (--keep-order: as listed); dates come from --frame-dates, sidecars, tags, Landsat IDs or
     --date-pattern. All frames must share the first frame's grid (or use --reproject).
     """
     from .. import conditional as tasks
@@ -191,7 +192,7 @@ def temporal(frames, target_date, frame_dates, date_pattern, reproject, prompt, 
         raise InputError(f"no date known for {undated[0]}; give --frame-dates or --date-pattern")
     pipe, location = _load(model, checkpoint, controlnet, device, scheduler, "temporal")
     result = tasks.predict_temporal(pipe, rasters, target_date=target_date, prompt=prompt, metadata=overrides,
-                                    seed=_seed(seed), reproject=reproject,
+                                    seed=_seed(seed), reproject=reproject, sort_frames=not keep_order,
                                     **_sampling_kwargs(steps, guidance, metadata_guidance, tile, overlap))
     _write(result, out, Path(frames[0]).stem, "temporal", prompt, steps, guidance, pipe, location, overwrite)
 

@@ -173,16 +173,18 @@ class DiffusionSatControlNetPipeline(DiffusionSatPipeline):
 
     def prepare_cond_metadata(
         self, cond_metadata: Any, batch: int, frames: int | None, device: torch.device
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | None:
         """Normalise conditioning metadata to (B, 7), or (B, T, 7) for ``frames`` images.
 
         For frames: a list of T items (shared by the batch), a list of B lists of T, or a tensor.
+        ``None`` stays ``None``: the ControlNet then leaves the conditioning-metadata term out, as the
+        original does (not the embedding of all-"unknown" metadata).
         """
         unknown = self.metadata_unknown_value
+        if cond_metadata is None:
+            return None
         if frames is None:
             return self.prepare_metadata(cond_metadata, batch, device)
-        if cond_metadata is None:
-            return torch.full((batch, frames, 7), unknown, device=device)
         if torch.is_tensor(cond_metadata):
             md = cond_metadata.to(device=device, dtype=torch.float32)
             md = md[None] if md.ndim == 2 else md
@@ -233,7 +235,7 @@ class DiffusionSatControlNetPipeline(DiffusionSatPipeline):
         text: torch.Tensor,
         metadata: torch.Tensor,
         control: torch.Tensor,
-        cond_metadata: torch.Tensor,
+        cond_metadata: torch.Tensor | None,
         branches: int,
         guidance_scale: float,
         metadata_guidance_scale: float | None,
@@ -256,7 +258,8 @@ class DiffusionSatControlNetPipeline(DiffusionSatPipeline):
             per_branch = lambda v: torch.cat([c.repeat(tiles, *[1] * (c.ndim - 1)) for c in v.chunk(branches)])  # noqa: E731
             noise = controlnet_noise_pred(
                 self.unet, self.controlnet, model_input, t, per_branch(text), ctrl.repeat(branches, *[1] * (ctrl.ndim - 1)),
-                metadata=per_branch(metadata), cond_metadata=per_branch(cond_metadata), conditioning_scale=conditioning_scale,
+                metadata=per_branch(metadata), cond_metadata=None if cond_metadata is None else per_branch(cond_metadata),
+                conditioning_scale=conditioning_scale,
             )
             if branches > 1:
                 noise = combine_guidance(noise, guidance_scale, metadata_guidance_scale if branches == 3 else None)
@@ -353,7 +356,7 @@ class DiffusionSatControlNetPipeline(DiffusionSatPipeline):
         cond_text = self.encode_prompt(prompts, device)
         target_md = self.prepare_metadata(metadata, len(prompts), device)
         unknown_md = torch.full_like(target_md, self.metadata_unknown_value)
-        unknown_cond = torch.full_like(cond_md, self.metadata_unknown_value)
+        unknown_cond = None if cond_md is None else torch.full_like(cond_md, self.metadata_unknown_value)
         text, md, cmd = [cond_text], [target_md], [cond_md]
         if do_cfg:
             negatives = negative_prompt if negative_prompt is not None else ""
@@ -368,14 +371,14 @@ class DiffusionSatControlNetPipeline(DiffusionSatPipeline):
         rep = num_images_per_prompt
         text = torch.cat([t.repeat_interleave(rep, dim=0) for t in text])
         md = torch.cat([m.repeat_interleave(rep, dim=0) for m in md])
-        cmd = torch.cat([c.repeat_interleave(rep, dim=0) for c in cmd])
+        cmd = None if cond_md is None else torch.cat([c.repeat_interleave(rep, dim=0) for c in cmd])
         control = control.repeat_interleave(rep, dim=0)
         batch = len(prompts) * rep
 
         # 4. Denoiser(s): one per control input (K fused for multi-image SR with a 2D ControlNet), tiled
         if frames is not None and not self.is_3d:
             models = [
-                self.make_denoiser(text, md, control[:, :, k], cmd[:, k], branches, guidance_scale,
+                self.make_denoiser(text, md, control[:, :, k], None if cmd is None else cmd[:, k], branches, guidance_scale,
                                    metadata_guidance_scale, controlnet_conditioning_scale)
                 for k in range(frames)
             ]
