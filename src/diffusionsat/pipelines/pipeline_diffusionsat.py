@@ -306,13 +306,13 @@ def load_custom_components(pipeline_class: type, layout, given: dict) -> dict:
     expected = set(inspect.signature(pipeline_class.__init__).parameters) - {"self"}
     dtype = {"torch_dtype": given["torch_dtype"]} if "torch_dtype" in given else {}
     loaded = {}
+    if "unet" not in given and layout.unet != layout.root / "unet":  # a run checkpoint's UNet
+        loaded["unet"] = SatUNet.from_pretrained(str(layout.unet), **dtype)
     for name, entry in layout.index.items():
-        if name.startswith("_") or name in given or name not in expected or not isinstance(entry, list):
+        if name.startswith("_") or name in given or name in loaded or name not in expected or not isinstance(entry, list):
             continue
         library, class_name = (list(entry) + [None, None])[:2]
-        if name == "unet" and layout.unet != layout.root / "unet":
-            loaded[name] = SatUNet.from_pretrained(str(layout.unet), **dtype)
-        elif class_name is not None and not _importable(library):
+        if class_name is not None and not _importable(library):
             if name == "controlnet":
                 from .pipeline_controlnet import load_controlnet
 
