@@ -15,6 +15,7 @@ import click
 
 from ..choices import CONTROL_KINDS
 from ..schedulers import SCHEDULERS, scheduler_name
+from . import generate as _generate  # noqa: F401  (registered first: _hook_generate adds --control to it)
 from .main import InputError, cli
 from .options import metadata_from_options, metadata_options, sampling_options
 

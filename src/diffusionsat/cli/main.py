@@ -57,8 +57,7 @@ def require_extra(extra: str) -> None:
 
 def _register() -> None:
     """Add every subcommand; each module imports only click at the top, so this stays instant."""
-    from . import generate, info  # noqa: F401  (first: conditional adds --control to generate)
-    from . import conditional, convert, evaluate, prepare_data, serve, train  # noqa: F401
+    from . import conditional, convert, evaluate, generate, info, prepare_data, serve, train  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> int:
