@@ -111,10 +111,11 @@ def record_key(source: Source, count: int) -> str:
     return f"{Path(source.pattern).parent.name or 'chip'}-{count:05d}"
 
 
-def export_heldout(root: Path, out: Path, ucmerced: bool = False) -> int:
+def export_heldout(root: Path, out: Path, which: str = "geo") -> int:
     """The held-out chips as PNG + JSON sidecars (caption, metadata, scene): `evaluate --data`.
 
-    With ``ucmerced`` the held-out UC Merced images follow, their scene ``ucm-<class>``.
+    ``which``: ``geo`` (the georeferenced hold-out), ``ucmerced`` (the held-out UC Merced images,
+    scene ``ucm-<class>``) or ``both``.
     """
     import json
 
@@ -124,7 +125,7 @@ def export_heldout(root: Path, out: Path, ucmerced: bool = False) -> int:
 
     out.mkdir(parents=True, exist_ok=False)
     count = 0
-    for source, part in build_parts(root, held_out=True):
+    for source, part in build_parts(root, held_out=True) if which in ("geo", "both") else []:
         for i in range(len(part)):
             sample = part[i]
             key = record_key(source, count)
@@ -134,7 +135,7 @@ def export_heldout(root: Path, out: Path, ucmerced: bool = False) -> int:
                 record["scene"] = source.scene
             (out / f"{key}.json").write_text(json.dumps(record))
             count += 1
-    if ucmerced:
+    if which in ("ucmerced", "both"):
         ucm = ucm_split(root, held_out=True)
         for i in range(len(ucm)):
             sample = ucm[i]
@@ -187,12 +188,14 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=None, help="default 3e-4 (2e-4 with --init)")
     parser.add_argument("--export", action="store_true", help="write out/model from the latest checkpoint and stop")
     parser.add_argument("--export-heldout", metavar="DIR", help="write the held-out chips for `evaluate` and stop")
+    parser.add_argument("--heldout-set", choices=("geo", "ucmerced", "both"), default="geo",
+                        help="which held-out records --export-heldout writes (default: geo)")
     parser.add_argument("--export-nearest", metavar="DIR",
                         help="write, per held-out chip, the nearest training chip (`evaluate --generated`) and stop")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     if args.export_heldout:
-        logging.info("%d held-out chips written", export_heldout(Path(args.data), Path(args.export_heldout), args.ucmerced))
+        logging.info("%d held-out chips written", export_heldout(Path(args.data), Path(args.export_heldout), args.heldout_set))
         return
     if args.export_nearest:
         logging.info("%d nearest training chips written", export_nearest_training(Path(args.data), Path(args.export_nearest)))

@@ -146,6 +146,34 @@ def test_unconditional_branch_gets_unknown_target_and_conditioning_metadata(tiny
     assert torch.equal(uncond_ctrl, cond_ctrl) and torch.allclose(cond_ctrl, control)
 
 
+def test_left_out_conditioning_metadata_adds_no_term(tiny_pipeline, monkeypatch):
+    """cond_metadata=None skips the conditioning-metadata embedding (as the original), rather than
+    adding the embedding of all-"unknown" metadata."""
+    x, t, text, md = unet_inputs(tiny_pipeline)
+    for net, control in ((perturb(SatControlNet.from_unet(tiny_pipeline.unet, conditioning_channels=3)),
+                          torch.rand(2, 3, 16, 16)),
+                         (perturb(SatControlNet3D.from_unet(tiny_pipeline.unet, conditioning_channels=3, max_frames=2)),
+                          torch.rand(2, 3, 2, 16, 16))):
+        frames = (2,) if control.ndim == 5 else ()
+        unknown = torch.full((2, *frames, 7), net.config.metadata_unknown_value)
+        skipped = net(x, t, text, control, metadata=md, cond_metadata=None, return_dict=False)[1]
+        with_unknown = net(x, t, text, control, metadata=md, cond_metadata=unknown, return_dict=False)[1]
+        assert not torch.allclose(skipped, with_unknown)
+    seen = []
+    original = SatControlNet.forward
+
+    def spy(self, *args, cond_metadata=None, **kw):
+        seen.append(cond_metadata)
+        return original(self, *args, cond_metadata=cond_metadata, **kw)
+
+    monkeypatch.setattr(SatControlNet, "forward", spy)
+    controlnet = SatControlNet.from_unet(tiny_pipeline.unet, conditioning_channels=3)
+    pipe = DiffusionSatControlNetPipeline(**tiny_pipeline.components, controlnet=controlnet)
+    pipe.set_progress_bar_config(disable=True)
+    pipe(PROMPT, torch.rand(1, 3, 16, 16), metadata=MD, num_inference_steps=1)
+    assert seen == [None]
+
+
 def test_band_count_the_controlnet_was_not_trained_for(tiny_pipeline):
     controlnet = SatControlNet.from_unet(tiny_pipeline.unet, conditioning_channels=10)
     pipe = DiffusionSatControlNetPipeline(**tiny_pipeline.components, controlnet=controlnet)

@@ -89,22 +89,32 @@ def test_model_card_documents_data_training_and_metrics():
         assert needle in card.lower(), needle
 
 
+def test_land_use_class_in_the_prompt_changes_the_image(pipe):
+    ucm = SatMetadata(gsd=1.2192)
+    harbor = sample(pipe, ucm, prompt="a satellite image of a harbor in United States of America at 1.2 m resolution")
+    forest = sample(pipe, ucm, prompt="a satellite image of forest in United States of America at 1.2 m resolution")
+    assert np.abs(harbor - forest).mean() > 0.02
+    vocab = pipe.tokenizer.get_vocab()
+    assert {"harbor", "tennis", "runway", "chaparral"} <= set(vocab)
+
+
 @pytest.mark.slow
 def test_model_card_numbers_match_a_rerun_of_the_documented_evaluation(tmp_path, shared_data):
-    """Re-runs the card's two documented commands and compares the domain-FID it reports."""
+    """Re-runs the card's first documented export + evaluate commands and compares the domain-FID."""
     import json
+    import shlex
 
     from diffusionsat.cli.main import main
 
     card = (default_model_path() / "MODEL_CARD.md").read_text()
     reported = float(re.search(r"\| domain-FID \| ([0-9.]+)", card).group(1))
-    heldout, out = tmp_path / "heldout", tmp_path / "eval"
+    export = shlex.split(re.search(r"^python scripts/train_default_model.py (--export-heldout .*)$", card, re.MULTILINE).group(1))
+    command = shlex.split(re.search(r"^diffusionsat evaluate (.*)$", card, re.MULTILINE).group(1))
+    folders = {export[1]: str(tmp_path / export[1]), command[command.index("--out") + 1]: str(tmp_path / "eval")}
     script = Path(__file__).resolve().parents[1] / "scripts" / "train_default_model.py"
-    subprocess.run([sys.executable, str(script), "--data", str(shared_data), "--export-heldout", str(heldout)],
+    subprocess.run([sys.executable, str(script), "--data", str(shared_data), *[folders.get(a, a) for a in export]],
                    check=True, capture_output=True)
-    command = re.search(r"^diffusionsat evaluate (.*)$", card, re.MULTILINE).group(1).split()
-    command = [str(heldout) if a == "heldout" else str(out) if a == "eval-default-model" else a for a in command]
-    assert main(["evaluate", *command]) == 0
-    report = json.loads((out / "report.json").read_text())
+    assert main(["evaluate", *[folders.get(a, a) for a in command]]) == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
     rerun = report["metrics"]["domain_fid"]["rows"]["model"]["value"]
     assert rerun == pytest.approx(reported, rel=0.05)

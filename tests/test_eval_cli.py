@@ -256,3 +256,11 @@ def test_evaluate_reads_data_layer_shards(shared_data, tmp_path):
     metrics = _report(out)["metrics"]
     assert metrics["ssim"]["rows"]["model"]["value"] == pytest.approx(1.0, abs=1e-4)
     assert metrics["gsd_error"]["rows"]["model"]["n"] == 6
+
+
+def test_generate_task_without_model_uses_the_embedded_model(tmp_path):
+    from diffusionsat.evaluation.evaluate import EvaluationConfig
+
+    EvaluationConfig(task="generate", data=tmp_path, out=tmp_path / "e").validate()  # no "give --model"
+    with pytest.raises(ValueError, match="--task superres needs --model"):
+        EvaluationConfig(task="superres", data=tmp_path, out=tmp_path / "e").validate()

@@ -77,6 +77,16 @@ def test_every_scheduler_swaps_in(tiny_pipeline, name):
     assert image.shape == (1, 16, 16, 3) and np.isfinite(image).all()
 
 
+def test_dpm_solver_ends_on_sigma_min_as_the_original_unless_configured(tiny_pipeline):
+    from diffusers import DPMSolverMultistepScheduler
+
+    dpm = make_scheduler("dpm++", tiny_pipeline.scheduler)  # from the model's DDPM config
+    assert dpm.config.final_sigmas_type == "sigma_min"
+    own = DPMSolverMultistepScheduler.from_config({**tiny_pipeline.scheduler.config, "final_sigmas_type": "zero"})
+    assert make_scheduler("dpm++", own).config.final_sigmas_type == "zero"  # a saved choice is kept
+    assert make_scheduler("ddim", dpm).config.get("final_sigmas_type") in (None, "sigma_min")
+
+
 def test_batches_broadcast_metadata_and_images_per_prompt(tiny_pipeline):
     out = tiny_pipeline(["farmland", "a river"], metadata=MD, num_images_per_prompt=3, num_inference_steps=2,
                         output_type="pt").images

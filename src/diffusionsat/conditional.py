@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .choices import CONTROL_KINDS, DEFAULT_MAX_INPUT_PIXELS
 from .data.errors import DataError
 from .data.geotiff import RasterInfo, open_raster
 from .geo import as_crs, crs_label, gsd_metres, scaled_transform, window_center_lonlat, window_transform
@@ -36,10 +37,6 @@ from .validation import MIN_INPUT_SIDE, too_small_problem  # noqa: F401  (MIN_IN
 logger = logging.getLogger(__name__)
 
 Window = tuple[int, int, int, int]  # col_off, row_off, width, height
-#: Most pixels of one input raster (or window) read whole: 16.8 Mpx, as the server's upload limit.
-#: Larger scenes are refused from their header, before any pixel is read (``--max-pixels`` raises it).
-DEFAULT_MAX_INPUT_PIXELS = 4096 * 4096
-CONTROL_KINDS = ("road", "mask", "edges")
 
 
 @dataclass
@@ -347,9 +344,14 @@ def predict_temporal(
     metadata: SatMetadata | None = None,
     seed: int = 0,
     reproject: bool = False,
+    sort_frames: bool = True,
     **sampling: Any,
 ) -> TaskResult:
-    """Past (or later) images of one place → the image at ``target_date`` on the first frame's grid."""
+    """Past (or later) images of one place → the image at ``target_date`` on the first frame's grid.
+
+    Frames are sorted by date first (the 3D ControlNet sees their order); ``sort_frames=False``
+    keeps the order given.
+    """
     year, month, day = parse_date(target_date, field="target_date")
     if not pipe.is_3d:
         raise ValueError("temporal generation needs a 3D ControlNet (SatControlNet3D) in the model's controlnet/")
@@ -359,8 +361,8 @@ def predict_temporal(
     if len(frames) > max_frames:
         raise ValueError(f"got {len(frames)} frames; this 3D ControlNet takes at most {max_frames} "
                          f"(give the {max_frames} closest to the target date)")
-    order = sort_frames_by_date([f.metadata for f in frames])
-    frames = [frames[i] for i in order]
+    if sort_frames:
+        frames = [frames[i] for i in sort_frames_by_date([f.metadata for f in frames])]
     first = frames[0]
     pad_h, pad_w = padded_size(first.height, first.width, pipe.size_multiple)
     control = pad_to(torch.from_numpy(np.stack([f.pixels for f in frames], axis=1))[None], pad_h, pad_w)
@@ -368,7 +370,7 @@ def predict_temporal(
     target = target_metadata(base, metadata)
     image = run_pipeline(
         pipe, seed, prompt=prompt, control_image=control, metadata=target, cond_metadata=[f.metadata for f in frames],
-        height=pad_h, width=pad_w, **sampling,
+        height=pad_h, width=pad_w, sort_frames=False, **sampling,  # already in the order wanted
     )[:first.height, :first.width]
     return TaskResult(to_uint8(image), first.crs, first.transform, target, seed, extra={
         "task_inputs": [str(f.path) for f in frames],

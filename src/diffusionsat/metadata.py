@@ -15,9 +15,10 @@ import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where tensors are made, so the CLI starts without it
+    import torch
 
 #: The model's field order (index = position in the normalised vector).
 METADATA_FIELDS: tuple[str, ...] = ("lon", "lat", "gsd", "cloud_cover", "year", "month", "day")
@@ -331,8 +332,10 @@ def metadata_tensor(
     items: Iterable[MetadataLike],
     unknown_value: float = ORIGINAL_UNKNOWN_VALUE,
     device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Stack metadata into the ``(batch, 7)`` normalised tensor the models take."""
+    """Stack metadata into the ``(batch, 7)`` normalised tensor the models take (float32 by default)."""
+    import torch
+
     rows = [as_metadata(m).normalize(unknown_value) for m in items]
-    return torch.tensor(rows, device=device, dtype=dtype).reshape(len(rows), NUM_METADATA)
+    return torch.tensor(rows, device=device, dtype=dtype or torch.float32).reshape(len(rows), NUM_METADATA)

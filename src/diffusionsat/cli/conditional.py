@@ -13,11 +13,9 @@ from pathlib import Path
 
 import click
 
-from .. import conditional as tasks
-from ..fileio import atomic_files
-from ..loading import model_version, resolve_model
-from ..outputs import check_outputs, output_paths
-from ..schedulers import SCHEDULERS, make_scheduler, scheduler_name
+from ..choices import CONTROL_KINDS, DEFAULT_MAX_INPUT_PIXELS
+from ..schedulers import SCHEDULERS, scheduler_name
+from . import generate as _generate  # noqa: F401  (registered first: _hook_generate adds --control to it)
 from .main import InputError, cli
 from .options import metadata_from_options, metadata_options, sampling_options
 
@@ -33,7 +31,7 @@ def task_options(func):
         click.option("--tile", type=int, default=None, help="Tile size in model pixels (default: the model's native size)."),
         click.option("--overlap", type=int, default=None, help="Tile overlap in model pixels (default: tile/4)."),
         click.option("--out", default=None, help="Output PNG path (default: INPUT_<task>.png)."),
-        click.option("--max-pixels", type=click.IntRange(64, None), default=tasks.DEFAULT_MAX_INPUT_PIXELS,
+        click.option("--max-pixels", type=click.IntRange(64, None), default=DEFAULT_MAX_INPUT_PIXELS,
                      show_default=True, help="Largest input (or --window) read, in pixels; checked from the header."),
     ]
     for option in reversed(options):
@@ -54,13 +52,17 @@ def _check_sampling(steps: int, guidance: float, scheduler: str | None, tile: in
         raise InputError(f"--overlap={overlap}: must be >= 0 and smaller than the tile")
 
 
-def _load(model, controlnet, device, scheduler, task):
+def _load(model, checkpoint, controlnet, device, scheduler, task):
     import diffusers
     import transformers
 
+    from ..loading import describe_model, resolve_model
     from ..pipelines.pipeline_controlnet import load_controlnet_pipeline
+    from ..schedulers import make_scheduler
 
-    location = resolve_model(model)
+    location = resolve_model(model, checkpoint)
+    if describe_model(location) != location:  # a run folder: say which checkpoint
+        click.echo(f"model: {describe_model(location)}", err=True)
     diffusers.utils.logging.disable_progress_bar()  # loading bars; the denoising bar stays
     transformers.utils.logging.disable_progress_bar()
     pipe = load_controlnet_pipeline(location, controlnet=controlnet, device=device, task=task)
@@ -70,6 +72,10 @@ def _load(model, controlnet, device, scheduler, task):
 
 
 def _write(result, out, default_stem, task, prompt, steps, guidance, pipe, location, overwrite):
+    from .. import conditional as tasks
+    from ..loading import model_version
+    from ..outputs import check_outputs, output_paths
+
     paths = output_paths(out or f"{default_stem}_{task}.png", 1, geotiff=result.crs is not None)[0]
     check_outputs([paths], overwrite)
     written = tasks.save_task_result(
@@ -112,13 +118,15 @@ Examples:
 @metadata_options
 @sampling_options
 def superres(inputs, scale, reproject, prompt, controlnet, bands, window, tile, overlap, out, max_pixels, lat, lon, gsd,
-             cloud_cover, cloud_percent, date, seed, steps, guidance, metadata_guidance, scheduler, model, device,
-             overwrite):
+             cloud_cover, cloud_percent, date, seed, steps, guidance, metadata_guidance, scheduler, model, checkpoint,
+             device, overwrite):
     """Super-resolve low-res raster INPUTS (one, or several dates of one place) to RGB SCALE times finer.
 
     Large scenes are processed tile by tile with blended overlaps; the output keeps the input's
     footprint and CRS with a GSD SCALE times finer.
     """
+    from .. import conditional as tasks
+
     if not 1 <= scale <= 16:
         raise InputError(f"--scale={scale}: out of range; allowed [1, 16]")
     _check_sampling(steps, guidance, scheduler, tile, overlap)
@@ -126,7 +134,7 @@ def superres(inputs, scale, reproject, prompt, controlnet, bands, window, tile, 
     parsed = tasks.parse_window(window)
     for path in inputs:  # from the headers, before any model loads
         tasks.check_input_size(path, parsed, max_pixels)
-    pipe, location = _load(model, controlnet, device, scheduler, "superres")
+    pipe, location = _load(model, checkpoint, controlnet, device, scheduler, "superres")
     trained = tasks.controlnet_bands(pipe)
     chosen = bands or (",".join(trained) if trained else None)
     try:
@@ -158,17 +166,19 @@ Examples:
 @click.option("--frame-dates", default=None, help="Dates of the frames, comma-separated, in the order given.")
 @click.option("--date-pattern", default=None, help="Date in the file names, e.g. '*_{YYYYMMDD}.tif' or '{YYYY}.tif'.")
 @click.option("--reproject", is_flag=True, help="Resample frames on another grid onto the first frame's grid.")
+@click.option("--keep-order", is_flag=True, help="Give the frames to the model in the order listed (default: by date).")
 @task_options
 @metadata_options
 @sampling_options
-def temporal(frames, target_date, frame_dates, date_pattern, reproject, prompt, controlnet, bands, window, tile,
-             overlap, out, max_pixels, lat, lon, gsd, cloud_cover, cloud_percent, date, seed, steps, guidance, metadata_guidance,
-             scheduler, model, device, overwrite):
+def temporal(frames, target_date, frame_dates, date_pattern, reproject, keep_order, prompt, controlnet, bands, window, tile,
+             overlap, out, max_pixels, lat, lon, gsd, cloud_cover, cloud_percent, date, seed, steps, guidance,
+             metadata_guidance, scheduler, model, checkpoint, device, overwrite):
     """Generate the image of a place at --target-date from FRAMES of it at other dates (any order).
 
-    Frames are sorted by date; dates come from --frame-dates, sidecars, tags, Landsat IDs or
+    Frames are sorted by date (--keep-order: as listed); dates come from --frame-dates, sidecars, tags, Landsat IDs or
     --date-pattern. All frames must share the first frame's grid (or use --reproject).
     """
+    from .. import conditional as tasks
     from ..metadata import parse_date
 
     if date is not None:
@@ -185,9 +195,9 @@ def temporal(frames, target_date, frame_dates, date_pattern, reproject, prompt, 
     undated = [r.path.name for r in rasters if r.metadata.year is None]
     if undated:
         raise InputError(f"no date known for {undated[0]}; give --frame-dates or --date-pattern")
-    pipe, location = _load(model, controlnet, device, scheduler, "temporal")
+    pipe, location = _load(model, checkpoint, controlnet, device, scheduler, "temporal")
     result = tasks.predict_temporal(pipe, rasters, target_date=target_date, prompt=prompt, metadata=overrides,
-                                    seed=_seed(seed), reproject=reproject,
+                                    seed=_seed(seed), reproject=reproject, sort_frames=not keep_order,
                                     **_sampling_kwargs(steps, guidance, metadata_guidance, tile, overlap))
     _write(result, out, Path(frames[0]).stem, "temporal", prompt, steps, guidance, pipe, location, overwrite)
 
@@ -209,9 +219,11 @@ Examples:
 @metadata_options
 @sampling_options
 def inpaint(image, mask_path, geojson, prompt, controlnet, bands, window, tile, overlap, out, max_pixels, lat, lon, gsd,
-            cloud_cover, cloud_percent, date, seed, steps, guidance, metadata_guidance, scheduler, model, device,
-            overwrite):
+            cloud_cover, cloud_percent, date, seed, steps, guidance, metadata_guidance, scheduler, model, checkpoint,
+            device, overwrite):
     """Fill the masked pixels of IMAGE; every unmasked pixel is returned exactly as read."""
+    from .. import conditional as tasks
+
     if (mask_path is None) == (geojson is None):
         raise InputError("give exactly one of --mask MASK.tif or --geojson FEATURES.geojson")
     _check_sampling(steps, guidance, scheduler, tile, overlap)
@@ -222,7 +234,7 @@ def inpaint(image, mask_path, geojson, prompt, controlnet, bands, window, tile, 
         fill = tasks.mask_from_raster(mask_path, raster, window=parsed)
     else:
         fill = tasks.mask_from_geojson(geojson, raster)
-    pipe, location = _load(model, controlnet, device, scheduler, "inpaint")
+    pipe, location = _load(model, checkpoint, controlnet, device, scheduler, "inpaint")
     result = tasks.inpaint_raster(pipe, raster, fill, prompt=prompt, metadata=overrides, seed=_seed(seed),
                                   **_sampling_kwargs(steps, guidance, metadata_guidance, tile, overlap))
     _write(result, out, Path(image).stem, "inpaint", prompt, steps, guidance, pipe, location, overwrite)
@@ -231,6 +243,11 @@ def inpaint(image, mask_path, geojson, prompt, controlnet, bands, window, tile, 
 # --- `generate --control KIND IMAGE`: a hook on the existing generate command ------------------------
 def _controlled_generate(original, control, controlnet, **kwargs):
     """Run plain ``generate`` unless ``--control`` is given; then steer it with the control map."""
+    from .. import conditional as tasks
+    from ..fileio import atomic_files
+    from ..loading import model_version
+    from ..outputs import check_outputs, output_paths
+
     if control is None:
         if controlnet is not None:
             raise InputError("--controlnet needs --control KIND IMAGE")
@@ -250,7 +267,7 @@ def _controlled_generate(original, control, controlnet, **kwargs):
         raise InputError("--geotiff with --control needs a georeferenced control image")
     paths = output_paths(kwargs["out"] or f"{Path(image).stem}_{kind}.png", num_images, geotiff=raster.georeferenced)
     check_outputs(paths, kwargs["overwrite"])
-    pipe, location = _load(kwargs["model"], controlnet, kwargs["device"], scheduler, "control")
+    pipe, location = _load(kwargs["model"], kwargs["checkpoint"], controlnet, kwargs["device"], scheduler, "control")
     seed = _seed(kwargs["seed"])
     results = [tasks.controlled_generation(
         pipe, raster, kind, prompt=prompt, metadata=overrides, seed=seed + i,
@@ -273,7 +290,7 @@ def _hook_generate() -> None:
     if command is None or any(p.name == "control" for p in command.params):
         return
     command.params.append(click.Option(
-        ["--control"], nargs=2, type=(click.Choice(tasks.CONTROL_KINDS), str), default=None,
+        ["--control"], nargs=2, type=(click.Choice(CONTROL_KINDS), str), default=None,
         help="Steer generation with a map: road|mask|edges IMAGE (needs a model with a controlnet/).",
     ))
     command.params.append(click.Option(["--controlnet"], default=None, help="ControlNet folder for --control."))

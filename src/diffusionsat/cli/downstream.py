@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from .main import cli
+from .main import cli, require_extra
+from .options import device_option
 
 EXAMPLES = """
 \b
@@ -32,10 +33,11 @@ Examples:
 @click.option("--seed", type=int, default=0, show_default=True, help="Classifier, subsampling and bootstrap seed.")
 @click.option("--split-seed", type=int, default=0, show_default=True, help="UC Merced split seed (as prepare-data --seed).")
 @click.option("--bootstrap", type=int, default=1000, show_default=True, help="Bootstrap resamples for the intervals.")
-@click.option("--device", default="cpu", show_default=True, help="torch device.")
+@click.option("--device", default="cpu", show_default=True, callback=device_option, help="torch device.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing report.")
 def downstream(train, test, real_train, out, size, epochs, batch_size, seed, split_seed, bootstrap, device, overwrite):
     """Train a small classifier on synthetic data and on as many real images; test both on real images."""
+    require_extra("eval")
     from ..evaluation.downstream import DownstreamConfig, run_downstream
 
     cfg = DownstreamConfig(train=Path(train), test=Path(test), out=Path(out),

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import click
 
-from ..evaluation.evaluate import TASKS, EvaluationConfig
-from ..evaluation.evaluate import evaluate as run_evaluation
-from .main import cli
+from ..choices import EVAL_TASKS
+from .main import cli, require_extra
 from .options import device_option
 
 EXAMPLES = """
@@ -31,11 +30,12 @@ def _path(value: str | None) -> Path | None:
 
 
 @cli.command(epilog=EXAMPLES)
-@click.option("--task", type=click.Choice(TASKS), required=True, help="What the images were made for.")
+@click.option("--task", type=click.Choice(EVAL_TASKS), required=True, help="What the images were made for.")
 @click.option("--data", required=True, help="Real held-out data: a folder of images + JSON sidecars, a .jsonl/.csv manifest, or .tar shards.")
 @click.option("--out", "out", required=True, help="Report folder (report.json, report.md, grids).")
 @click.option("--model", default=None,
-              help="Model folder to generate with (superres/temporal/inpaint: a task model with controlnet/).")
+              help="Model to generate with (default for generate: the embedded model; superres/temporal/inpaint: "
+                   "a task model with controlnet/).")
 @click.option("--generated", default=None, help="Folder of already generated images named {key}.png after the real records.")
 @click.option("--compare", default=None, help="Second model folder or generated-images folder, reported side by side.")
 @click.option("--num-samples", type=int, default=None, help="Evaluate a seeded random subset of this many records.")
@@ -55,6 +55,10 @@ def _path(value: str | None) -> Path | None:
 def evaluate(task, data, out, model, generated, compare, num_samples, seed, steps, guidance, size, device,
              domain_encoder, inception, clip, lpips_backbone, lpips_weights, bootstrap, overwrite):
     """Score generated satellite images against real held-out images, with baselines and intervals."""
+    require_extra("eval")
+    from ..evaluation.evaluate import EvaluationConfig
+    from ..evaluation.evaluate import evaluate as run_evaluation
+
     config = EvaluationConfig(
         task=task, data=Path(data), out=Path(out), model=model, generated=_path(generated), compare=compare,
         num_samples=num_samples, seed=seed, steps=steps, guidance_scale=guidance, size=size, device=device,

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import click
 
-from ..generation import GenerationRequest, generate_images, save_images
-from ..loading import load_pipeline, model_version, resolve_model
-from ..outputs import check_outputs, next_free_name, output_paths
 from .main import InputError, cli
 from .options import metadata_from_options, metadata_options, sampling_options
 
@@ -31,8 +28,12 @@ Examples:
 @click.option("--out", "out", default=None, help="Output PNG path (default: generated-N.png, first free N).")
 @click.option("--geotiff", is_flag=True, help="Also write a GeoTIFF at lat/lon with the GSD (local UTM zone).")
 def generate(prompt, lat, lon, gsd, cloud_cover, cloud_percent, date, seed, steps, guidance, metadata_guidance,
-             scheduler, model, device, overwrite, negative_prompt, width, height, num_images, out, geotiff):
+             scheduler, model, checkpoint, device, overwrite, negative_prompt, width, height, num_images, out, geotiff):
     """Generate satellite images from a PROMPT and metadata."""
+    from ..generation import GenerationRequest, generate_images, save_images
+    from ..loading import describe_model, load_pipeline, model_version, resolve_model
+    from ..outputs import check_outputs, next_free_name, output_paths
+
     # Validate everything cheap before loading any model.
     metadata = metadata_from_options(lat, lon, gsd, cloud_cover, cloud_percent, date)
     request = GenerationRequest(
@@ -44,7 +45,9 @@ def generate(prompt, lat, lon, gsd, cloud_cover, cloud_percent, date, seed, step
         raise InputError("--geotiff needs --lat, --lon and --gsd to georeference the image")
     paths = output_paths(out or next_free_name(), num_images, geotiff)
     check_outputs(paths, overwrite)
-    location = resolve_model(model)
+    location = resolve_model(model, checkpoint)
+    if describe_model(location) != location:  # a run folder: say which checkpoint
+        click.echo(f"model: {describe_model(location)}", err=True)
 
     pipe = load_pipeline(location, device=device)
     images, seeds, used_scheduler = generate_images(pipe, request)

@@ -7,7 +7,14 @@ import platform
 import click
 
 from .. import __version__
-from ..loading import default_model_path, has_default_model, model_version, read_model_card, resolve_model
+from ..loading import (
+    default_model_path,
+    describe_model,
+    has_default_model,
+    model_version,
+    read_model_card,
+    resolve_model,
+)
 from .main import cli
 
 
@@ -28,6 +35,6 @@ def info(model):
     if model is None and not has_default_model():
         return
     location = resolve_model(model)
-    click.echo(f"model: {location}  version {model_version(location)}")
+    click.echo(f"model: {describe_model(location)}  version {model_version(location)}")
     card = read_model_card(location)
     click.echo(card if card else "(this model folder has no MODEL_CARD.md)")

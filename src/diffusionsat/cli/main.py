@@ -49,15 +49,31 @@ def cli(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-def _register() -> None:
-    from . import generate, info  # noqa: F401  (each module adds its command to `cli`)
+def require_extra(extra: str) -> None:
+    """Refuse (one line, exit 2) when the optional ``extra`` a command needs is not installed."""
+    from ..extras import install_hint, missing_modules
 
-    for optional in ("prepare_data", "train", "evaluate", "serve", "conditional", "convert", "synthesize", "downstream"):
-        try:
-            __import__(f"{__package__}.{optional}")
-        except ModuleNotFoundError as err:
-            if err.name != f"{__package__}.{optional}":
-                raise
+    missing = missing_modules(extra)
+    if missing:
+        command = click.get_current_context(silent=True)
+        name = f"`diffusionsat {command.info_name}`" if command is not None else "this command"
+        raise InputError(f"{name} {install_hint(extra, missing[0])}")
+
+
+def _register() -> None:
+    """Add every subcommand; each module imports only click at the top, so this stays instant."""
+    from . import (  # noqa: F401
+        conditional,
+        convert,
+        downstream,
+        evaluate,
+        generate,
+        info,
+        prepare_data,
+        serve,
+        synthesize,
+        train,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("interrupted", err=True)
         return 130
     except Exception as err:  # noqa: BLE001 - last-resort handler of the CLI
+        from ..extras import extra_for_module, install_hint
+
+        extra = extra_for_module(err.name) if isinstance(err, ModuleNotFoundError) else None
+        if extra is not None:  # a module of an optional extra: what to install, not a traceback
+            click.echo(f"error: {install_hint(extra, err.name)}", err=True)
+            return BAD_INPUT
         if debug:
             raise
         click.echo(f"internal error: {type(err).__name__}: {err} (set DIFFUSIONSAT_DEBUG=1 for a traceback)", err=True)

@@ -40,14 +40,15 @@ def device_option(_ctx: click.Context, _param: click.Parameter, value: str) -> s
 
 
 def sampling_options(func):
-    """``--seed --steps --guidance --scheduler --model --device --overwrite``."""
+    """``--seed --steps --guidance --scheduler --model --checkpoint --device --overwrite``."""
     options = [
         click.option("--seed", type=int, default=None, help="Random seed (image i uses seed+i). Random if omitted."),
         click.option("--steps", type=int, default=25, show_default=True, help="Denoising steps, [1, 1000]."),
         click.option("--guidance", type=float, default=3.0, show_default=True, help="Classifier-free guidance scale."),
         click.option("--metadata-guidance", type=float, default=None, help="Separate guidance scale for metadata."),
         click.option("--scheduler", default=None, help="ddim, ddpm, dpm++, euler, euler-a, heun, lms, pndm, unipc."),
-        click.option("--model", default=None, help="Model folder (default: the embedded model)."),
+        click.option("--model", default=None, help="Model folder, original run folder or hub id (default: the embedded model)."),
+        click.option("--checkpoint", type=int, default=None, help="Run folders: use checkpoint-N (default: the latest)."),
         click.option("--device", default="cpu", show_default=True, callback=device_option,
                      help="torch device, e.g. cpu or cuda."),
         click.option("--overwrite", is_flag=True, help="Replace existing output files."),

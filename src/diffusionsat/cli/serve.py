@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .main import InputError, cli
+from .main import InputError, cli, require_extra
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +49,11 @@ Examples:
 def serve(host, port, model, token, max_queue, workers, device, output_dir, job_ttl, abandon_after, max_pixels,
           max_steps, max_memory, threads):
     """Serve the web page and the REST API (OpenAPI at /docs, /openapi.json)."""
-    try:
-        import uvicorn
+    require_extra("serve")
+    import uvicorn
 
-        from ..server import check_bind, create_app
-    except ModuleNotFoundError as err:
-        raise InputError(f"the server needs the 'serve' extra: pip install 'diffusionsat[serve]' ({err.name} missing)") from None
+    from ..server import check_bind, create_app
+
     try:
         from ..validation import check_device
 

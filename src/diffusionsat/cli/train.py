@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .main import cli
+from .main import cli, require_extra
 
 EXAMPLES = """
 \b
@@ -23,6 +23,7 @@ Any config key can be overridden as a flag: --batch-size 8 --learning-rate 2e-5 
 @click.pass_context
 def train(ctx, config_path, resume):
     """Train or fine-tune a text+metadata model (config keys: docs/training.md)."""
+    require_extra("train")
     from ..training import train as run_training
     from ..training.config import load_config, parse_override_args
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..choices import EVAL_TASKS
 from ..fileio import check_writable
 from .baselines import bicubic_upsample, blur_noise, centre_mask, mean_fill, persistence
 from .dataset import (
@@ -59,7 +60,7 @@ from .stats import Estimate, class_mean_estimate, mean_estimate
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("generate", "superres", "temporal", "inpaint")
+TASKS = EVAL_TASKS
 PAIRED_TASKS = ("superres", "temporal", "inpaint")
 REPORT_FILES = ("report.json", "report.md")
 
@@ -93,8 +94,9 @@ class EvaluationConfig:
             raise ValueError(f"task={self.task!r}: unknown; choose one of {', '.join(TASKS)}")
         if not Path(self.data).exists():
             raise FileNotFoundError(f"--data {str(self.data)!r} does not exist")
-        if self.model is None and self.generated is None:
-            raise ValueError("give --model (to generate) or --generated DIR (images already generated)")
+        if self.model is None and self.generated is None and self.task in PAIRED_TASKS:
+            raise ValueError(f"--task {self.task} needs --model (a task model with controlnet/) or --generated DIR "
+                             "(images already generated)")
         if self.generated is not None and not Path(self.generated).is_dir():
             raise FileNotFoundError(f"--generated {str(self.generated)!r} is not a folder")
         if self.compare is not None and not Path(self.compare).exists():
@@ -557,7 +559,9 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
         raise ValueError(f"evaluation data {str(config.data)!r}: need at least 2 records, found {len(records)}")
 
     # 3. generated images of each model
-    sources = [("model", config.generated or config.model)]
+    from ..loading import DEFAULT_ALIAS
+
+    sources = [("model", config.generated or config.model or DEFAULT_ALIAS)]  # no --model: the embedded model
     if config.compare is not None:
         sources.append(("compare", config.compare))
     folders: list[tuple[str, Path, str]] = []

@@ -140,7 +140,7 @@ class SatControlNet(ControlNetModel):
         num_metadata: number of metadata values (7).
         metadata_unknown_value: normalised value meaning "unknown" (must match the UNet's).
         use_cond_metadata: add the conditioning image's metadata embedding; when the caller gives
-            none, all-unknown metadata is used (what the unconditional CFG branch sees).
+            none (``cond_metadata=None``) the term is left out, as in the original.
         conditioning_downsample_factor: how much smaller the UNet sample is than the conditioning
             image: 8 for an image-sized condition with an SD VAE, 1 for a condition given at the
             sample's (latent) size — the super-resolution ControlNet.
@@ -241,9 +241,7 @@ class SatControlNet(ControlNetModel):
             num = self.config.num_metadata
             metadata = unknown_metadata(sample, (batch, num), unknown) if metadata is None else metadata
             metadata = check_metadata_tensor(metadata.to(sample.device), batch, num)
-            if self.config.use_cond_metadata:
-                if cond_metadata is None:
-                    cond_metadata = unknown_metadata(sample, (batch, num), unknown)
+            if self.config.use_cond_metadata and cond_metadata is not None:  # None: no term, as the original
                 cond_metadata = check_cond_metadata(cond_metadata.to(sample.device), batch, num)
             else:
                 cond_metadata = None

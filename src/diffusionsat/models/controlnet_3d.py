@@ -216,9 +216,7 @@ class SatControlNet3D(ControlNetModel):
             metadata = check_metadata_tensor(metadata.to(sample.device), batch, num)
             emb = emb + embed_metadata(metadata, self.time_proj, self.metadata_embedding, sample.dtype)
         emb = emb.repeat_interleave(frames, dim=0)
-        if self.metadata_embedding is not None:
-            if cond_metadata is None:
-                cond_metadata = unknown_metadata(sample, (batch, frames, num), unknown)
+        if self.metadata_embedding is not None and cond_metadata is not None:  # None: no term, as the original
             if cond_metadata.ndim == 2:
                 cond_metadata = cond_metadata[:, None].expand(-1, frames, -1)
             if cond_metadata.shape[0] == 1 and batch > 1:

@@ -173,16 +173,18 @@ class DiffusionSatControlNetPipeline(DiffusionSatPipeline):
 
     def prepare_cond_metadata(
         self, cond_metadata: Any, batch: int, frames: int | None, device: torch.device
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | None:
         """Normalise conditioning metadata to (B, 7), or (B, T, 7) for ``frames`` images.
 
         For frames: a list of T items (shared by the batch), a list of B lists of T, or a tensor.
+        ``None`` stays ``None``: the ControlNet then leaves the conditioning-metadata term out, as the
+        original does (not the embedding of all-"unknown" metadata).
         """
         unknown = self.metadata_unknown_value
+        if cond_metadata is None:
+            return None
         if frames is None:
             return self.prepare_metadata(cond_metadata, batch, device)
-        if cond_metadata is None:
-            return torch.full((batch, frames, 7), unknown, device=device)
         if torch.is_tensor(cond_metadata):
             md = cond_metadata.to(device=device, dtype=torch.float32)
             md = md[None] if md.ndim == 2 else md
@@ -233,7 +235,7 @@ class DiffusionSatControlNetPipeline(DiffusionSatPipeline):
         text: torch.Tensor,
         metadata: torch.Tensor,
         control: torch.Tensor,
-        cond_metadata: torch.Tensor,
+        cond_metadata: torch.Tensor | None,
         branches: int,
         guidance_scale: float,
         metadata_guidance_scale: float | None,
@@ -256,7 +258,8 @@ class DiffusionSatControlNetPipeline(DiffusionSatPipeline):
             per_branch = lambda v: torch.cat([c.repeat(tiles, *[1] * (c.ndim - 1)) for c in v.chunk(branches)])  # noqa: E731
             noise = controlnet_noise_pred(
                 self.unet, self.controlnet, model_input, t, per_branch(text), ctrl.repeat(branches, *[1] * (ctrl.ndim - 1)),
-                metadata=per_branch(metadata), cond_metadata=per_branch(cond_metadata), conditioning_scale=conditioning_scale,
+                metadata=per_branch(metadata), cond_metadata=None if cond_metadata is None else per_branch(cond_metadata),
+                conditioning_scale=conditioning_scale,
             )
             if branches > 1:
                 noise = combine_guidance(noise, guidance_scale, metadata_guidance_scale if branches == 3 else None)
@@ -353,7 +356,7 @@ class DiffusionSatControlNetPipeline(DiffusionSatPipeline):
         cond_text = self.encode_prompt(prompts, device)
         target_md = self.prepare_metadata(metadata, len(prompts), device)
         unknown_md = torch.full_like(target_md, self.metadata_unknown_value)
-        unknown_cond = torch.full_like(cond_md, self.metadata_unknown_value)
+        unknown_cond = None if cond_md is None else torch.full_like(cond_md, self.metadata_unknown_value)
         text, md, cmd = [cond_text], [target_md], [cond_md]
         if do_cfg:
             negatives = negative_prompt if negative_prompt is not None else ""
@@ -368,14 +371,14 @@ class DiffusionSatControlNetPipeline(DiffusionSatPipeline):
         rep = num_images_per_prompt
         text = torch.cat([t.repeat_interleave(rep, dim=0) for t in text])
         md = torch.cat([m.repeat_interleave(rep, dim=0) for m in md])
-        cmd = torch.cat([c.repeat_interleave(rep, dim=0) for c in cmd])
+        cmd = None if cond_md is None else torch.cat([c.repeat_interleave(rep, dim=0) for c in cmd])
         control = control.repeat_interleave(rep, dim=0)
         batch = len(prompts) * rep
 
         # 4. Denoiser(s): one per control input (K fused for multi-image SR with a 2D ControlNet), tiled
         if frames is not None and not self.is_3d:
             models = [
-                self.make_denoiser(text, md, control[:, :, k], cmd[:, k], branches, guidance_scale,
+                self.make_denoiser(text, md, control[:, :, k], None if cmd is None else cmd[:, k], branches, guidance_scale,
                                    metadata_guidance_scale, controlnet_conditioning_scale)
                 for k in range(frames)
             ]
@@ -470,17 +473,53 @@ class DiffusionSatControlNetPipeline(DiffusionSatPipeline):
 
 
 # --- model folders: the base pipeline + a controlnet/ subfolder ------------------------------------------
-def controlnet_class(folder: str | os.PathLike) -> type[SatControlNet] | type[SatControlNet3D]:
-    """Which ControlNet class a saved ``controlnet`` folder holds (from its config.json)."""
+#: ``_class_name`` of the original DiffusionSat ControlNets, converted when loaded.
+ORIGINAL_CONTROLNETS = ("ControlNetModel", "ControlNetModel3D")
+
+
+def controlnet_class(folder: str | os.PathLike) -> type[SatControlNet] | type[SatControlNet3D] | None:
+    """Which ControlNet class a saved ``controlnet`` folder holds (from its config.json); ``None``
+    for an original DiffusionSat ControlNet (converted on loading)."""
     config = Path(folder) / "config.json"
     if not config.is_file():
         raise FileNotFoundError(f"{str(folder)!r} is not a ControlNet folder (no config.json)")
     name = json.loads(config.read_text(encoding="utf-8")).get("_class_name")
     classes = {"SatControlNet": SatControlNet, "SatControlNet3D": SatControlNet3D}
+    if name in ORIGINAL_CONTROLNETS:
+        return None
     if name not in classes:
-        raise ValueError(f"{str(folder)!r} holds a {name!r}; expected one of {', '.join(classes)} (convert original "
-                         "checkpoints with `diffusionsat convert-checkpoint`)")
+        raise ValueError(f"{str(folder)!r} holds a {name!r}; expected one of "
+                         f"{', '.join([*classes, *ORIGINAL_CONTROLNETS])}")
     return classes[name]
+
+
+def controlnet_folder(folder: str | os.PathLike) -> Path:
+    """The ControlNet inside ``folder``: itself, its ``controlnet/``, or the latest
+    ``checkpoint-<N>/controlnet`` of an original ControlNet run."""
+    path = Path(folder)
+    if (path / "config.json").is_file():
+        return path
+    if (path / CONTROLNET_SUBFOLDER / "config.json").is_file():
+        return path / CONTROLNET_SUBFOLDER
+    from ..loading import _CHECKPOINT_RE
+
+    runs = sorted((int(m.group(1)), c) for c in path.glob("checkpoint-*")
+                  if (m := _CHECKPOINT_RE.fullmatch(c.name)) and (c / CONTROLNET_SUBFOLDER / "config.json").is_file())
+    return runs[-1][1] / CONTROLNET_SUBFOLDER if runs else path
+
+
+def load_controlnet(folder: str | os.PathLike, torch_dtype: torch.dtype | None = None) -> SatControlNet | SatControlNet3D:
+    """Load a ControlNet folder of ours, or an original one (converted in memory, as ``convert-checkpoint``)."""
+    folder = controlnet_folder(folder)
+    cls = controlnet_class(folder)
+    if cls is None:
+        from ..conversion import convert_controlnet
+
+        logger.info("converting the original ControlNet in %s", folder)
+        net = convert_controlnet(folder)
+        return net.to(torch_dtype) if torch_dtype is not None else net
+    kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+    return cls.from_pretrained(str(folder), **kwargs)
 
 
 def find_controlnet_folder(model: str | os.PathLike, task: str | None = None) -> Path:
@@ -498,12 +537,18 @@ def load_controlnet_pipeline(
     dtype: torch.dtype | None = None,
     task: str | None = None,
 ) -> DiffusionSatControlNetPipeline:
-    """Load a task model: the base pipeline folder ``model`` plus its ControlNet.
+    """Load a task model: the base model ``model`` (any layout :meth:`DiffusionSatPipeline.from_pretrained`
+    takes) plus its ControlNet.
 
-    The ControlNet is ``controlnet`` if given, else ``model/controlnet_<task>/``, else ``model/controlnet/``.
+    The ControlNet is ``controlnet`` if given (a ControlNet folder, or a run folder with ``controlnet/``
+    or ``checkpoint-<N>/controlnet``), else ``model/controlnet_<task>/``, else ``model/controlnet/``.
+    Original DiffusionSat ControlNets are converted on loading.
     """
-    folder = Path(model)
-    cn_folder = Path(controlnet) if controlnet is not None else find_controlnet_folder(folder, task)
+    from ..loading import local_model_folder, model_layout
+
+    folder = local_model_folder(model)
+    root = model_layout(folder).root
+    cn_folder = controlnet_folder(controlnet) if controlnet is not None else find_controlnet_folder(root, task)
     if not (cn_folder / "config.json").is_file():
         raise FileNotFoundError(
             f"no ControlNet in {str(cn_folder)!r}: a task model is the base model folder plus a 'controlnet/' "
@@ -514,12 +559,10 @@ def load_controlnet_pipeline(
     check_weights(folder)
     check_weights(cn_folder)
     kwargs = {"torch_dtype": dtype} if dtype is not None else {}
-    index = folder / "model_index.json"
-    own = cn_folder == folder / CONTROLNET_SUBFOLDER
-    if own and index.is_file() and "controlnet" in json.loads(index.read_text(encoding="utf-8")):
+    if cn_folder == root / CONTROLNET_SUBFOLDER and "controlnet" in model_layout(root).index:
         return DiffusionSatControlNetPipeline.from_pretrained(str(folder), **kwargs).to(device)
+    net = load_controlnet(cn_folder, torch_dtype=dtype)
     base = DiffusionSatPipeline.from_pretrained(str(folder), **kwargs)
-    net = controlnet_class(cn_folder).from_pretrained(str(cn_folder), **kwargs)
     components = {k: v for k, v in base.components.items() if k != "controlnet"}
     pipe = DiffusionSatControlNetPipeline(**components, controlnet=net)
     return pipe.to(device)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -18,6 +20,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..metadata import MetadataLike, metadata_tensor
 from ..models.sat_unet import SatUNet
+
+logger = logging.getLogger(__name__)
 
 MetadataInput = MetadataLike | Sequence[MetadataLike] | torch.Tensor
 
@@ -78,6 +82,25 @@ class DiffusionSatPipeline(DiffusionPipeline):
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, checkpoint: int | None = None, **kwargs):
+        """``DiffusionPipeline.from_pretrained`` that also loads the original DiffusionSat layouts.
+
+        ``pretrained_model_name_or_path`` may be a pipeline folder, a hub id (huggingface_hub cache,
+        ``HF_HUB_OFFLINE=1`` friendly), an original run folder (components at the root, the UNet in
+        ``checkpoint-<N>/unet_ema`` or ``unet``: latest N, EMA preferred) or one ``checkpoint-<N>``
+        of it; ``checkpoint=N`` picks N. ``model_index.json`` entries diffusers cannot import
+        (``[null, "SatUNet"]``) are loaded with our classes.
+        """
+        from ..loading import HUB_KWARGS, local_model_folder, model_layout
+
+        hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
+        layout = model_layout(local_model_folder(pretrained_model_name_or_path, **hub), checkpoint)
+        if layout.checkpoint is not None:
+            logger.info("loading the UNet of %s from %s", layout.root, layout.checkpoint)
+        kwargs.update(load_custom_components(cls, layout, kwargs))
+        return super().from_pretrained(str(layout.root), **kwargs)
 
     # --- helpers, one job each --------------------------------------------------------------------
     @property
@@ -262,3 +285,41 @@ class DiffusionSatPipeline(DiffusionPipeline):
         """Pass ``generator`` to schedulers whose ``step`` takes one (ancestral/SDE samplers)."""
         params = inspect.signature(self.scheduler.step).parameters
         return {"generator": generator} if "generator" in params else {}
+
+
+def _importable(library: str | None) -> bool:
+    if not library:
+        return False
+    try:
+        return importlib.util.find_spec(library) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def load_custom_components(pipeline_class: type, layout, given: dict) -> dict:
+    """Components diffusers would not load as they stand: the UNet of a run checkpoint, and
+    ``model_index.json`` entries whose library is ``null`` or not importable (the original code
+    wrote ``"unet": [null, "SatUNet"]``), loaded with our classes by class name."""
+    from ..models import SatControlNet, SatControlNet3D
+
+    ours = {"SatUNet": SatUNet, "SatControlNet": SatControlNet, "SatControlNet3D": SatControlNet3D}
+    expected = set(inspect.signature(pipeline_class.__init__).parameters) - {"self"}
+    dtype = {"torch_dtype": given["torch_dtype"]} if "torch_dtype" in given else {}
+    loaded = {}
+    if "unet" not in given and layout.unet != layout.root / "unet":  # a run checkpoint's UNet
+        loaded["unet"] = SatUNet.from_pretrained(str(layout.unet), **dtype)
+    for name, entry in layout.index.items():
+        if name.startswith("_") or name in given or name in loaded or name not in expected or not isinstance(entry, list):
+            continue
+        library, class_name = (list(entry) + [None, None])[:2]
+        if class_name is not None and not _importable(library):
+            if name == "controlnet":
+                from .pipeline_controlnet import load_controlnet
+
+                loaded[name] = load_controlnet(layout.root / name, **dtype)
+            elif class_name in ours:
+                loaded[name] = ours[class_name].from_pretrained(str(layout.root / name), **dtype)
+            else:
+                raise ValueError(f"{layout.root}: model_index.json names {name}={entry!r}, a class diffusionsat "
+                                 f"does not know (known: {', '.join(ours)})")
+    return loaded

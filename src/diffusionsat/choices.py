@@ -1,0 +1,12 @@
+"""Names the command line validates before loading anything, kept in a module without heavy imports
+so that ``diffusionsat --help`` and option parsing never import torch or diffusers."""
+
+from __future__ import annotations
+
+#: ``generate --control KIND``: maps a ControlNet steers generation with.
+CONTROL_KINDS = ("road", "mask", "edges")
+#: ``evaluate --task``.
+EVAL_TASKS = ("generate", "superres", "temporal", "inpaint")
+#: Most pixels of one conditional-task input raster (or window) read whole: 16.8 Mpx, as the server's
+#: upload limit. Larger scenes are refused from their header, before any pixel is read (``--max-pixels``).
+DEFAULT_MAX_INPUT_PIXELS = 4096 * 4096
