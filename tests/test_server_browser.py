@@ -300,7 +300,7 @@ def test_inpaint_tab_runs_a_job_with_the_painted_mask(browser, model_dir, tmp_pa
 
 
 def test_leaving_the_page_cancels_its_job(browser, model_dir, tmp_path):
-    app = create_app(model_dir, output_dir=tmp_path / "out")
+    app = create_app(model_dir, output_dir=tmp_path / "out", max_steps=1000)  # a long job to leave
     with serving(app) as url:
         page = browser.new_page()
         page.goto(url + "/")

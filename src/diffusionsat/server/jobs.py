@@ -290,12 +290,12 @@ class JobQueue:
             job.cancel_event.set()
 
     def _finish(self, job: Job, state: JobState, error: str | None = None) -> None:
-        job.state = state
-        job.error = error
-        job.finished_at = time.time()
-        if state is not JobState.SUCCEEDED:
+        if state is not JobState.SUCCEEDED:  # files gone before anyone can see the job as finished
             job.results = []
             shutil.rmtree(job.folder, ignore_errors=True)
+        job.error = error
+        job.finished_at = time.time()
+        job.state = state
         self._cond.notify_all()
 
     def _worker(self, resource: Any) -> None:
