@@ -17,11 +17,11 @@ from PIL import Image
 
 from diffusionsat import SatMetadata
 from diffusionsat.data.transforms import to_uint8
-from diffusionsat.data.ucmerced import CLASSES, UCMerced, ucm_caption
+from diffusionsat.data.ucmerced import CLASSES, UCM_GSD, UCMerced, ucm_caption
 from diffusionsat.imaging import image_grid
 from diffusionsat.loading import load_pipeline
 
-UCM_GSD_64 = 0.3048 * 4
+UCM_GSD_64 = UCM_GSD * 256 / 64  # the 256 px images at the model's 64 px
 
 ROWS = [
     ("a satellite image of vegetation and water in United States of America in summer from NAIP aerial at 5 m resolution",

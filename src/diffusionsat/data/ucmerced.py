@@ -67,10 +67,14 @@ def is_ucmerced_folder(path: str | os.PathLike) -> bool:
     return root.is_dir() and all((root / name).is_dir() for name in CLASSES)
 
 
+def ucm_caption_fields(class_name: str, gsd: float | None) -> dict[str, str | None]:
+    """The caption fields of a UC Merced image: its class words, the country and the scale."""
+    return {"class": CLASS_WORDS[class_name], "country": COUNTRY, "scale": scale_phrase(gsd)}
+
+
 def ucm_caption(class_name: str, gsd: float | None, dropout: float = 0.0, rng: random.Random | None = None) -> str:
     """``"a satellite image of a harbor in United States of America at 0.3 m resolution"``."""
-    fields = {"class": CLASS_WORDS[class_name], "country": COUNTRY, "scale": scale_phrase(gsd)}
-    return CaptionTemplate(UCM_TEMPLATE).render(fields, dropout=dropout, rng=rng)
+    return CaptionTemplate(UCM_TEMPLATE).render(ucm_caption_fields(class_name, gsd), dropout=dropout, rng=rng)
 
 
 class UCMerced:
@@ -158,7 +162,7 @@ class UCMerced:
             "metadata": SatMetadata(gsd=gsd),
             "label": label,
             "class_name": name,
-            "caption_fields": {"class": CLASS_WORDS[name], "country": COUNTRY, "scale": scale_phrase(gsd)},
+            "caption_fields": ucm_caption_fields(name, gsd),
             "caption_template": UCM_TEMPLATE,
         }
         return self.transform(sample) if self.transform else sample
