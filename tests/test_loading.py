@@ -147,3 +147,21 @@ assert main(["generate", "a b", "--model", "nobody/not-cached", "--steps", "1", 
     assert done.returncode == 0, done.stderr[-3000:]
     assert out.is_file() and "nobody/not-cached" in done.stderr
     assert len([line for line in done.stderr.splitlines() if line.startswith("error:")]) == 1
+
+
+def test_saved_model_folder_files_follow_the_umask(tiny_pipeline, tmp_path):
+    """safetensors' own temp-file-and-rename leaves weights 0600; atomic_dir gives them the umask's mode."""
+    import os
+    import stat
+
+    from diffusionsat.fileio import atomic_dir
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "model") as tmp:
+            tiny_pipeline.save_pretrained(tmp)
+    finally:
+        os.umask(mask)
+    weights = list((tmp_path / "model").rglob("*.safetensors"))
+    assert weights
+    assert {stat.S_IMODE(p.stat().st_mode) for p in weights} == {0o644}

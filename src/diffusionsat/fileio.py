@@ -178,6 +178,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would otherwise survive the rename
     try:
         yield tmp
+        _normalise_modes(tmp)
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
@@ -188,3 +189,12 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _normalise_modes(folder: Path) -> None:
+    """Give files written 0600 by a library's own temp-file-and-rename (safetensors weights, for one)
+    the mode the umask asks for, so a saved model folder is as readable as any other output."""
+    mode = 0o666 & ~_umask()
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink() and (path.stat().st_mode & 0o777) == 0o600 and mode != 0o600:
+            os.chmod(path, mode)

@@ -52,7 +52,7 @@ from .prepare import PrepareConfig, prepare_data
 from .sentinel2 import BANDS as SENTINEL2_BANDS
 from .sentinel2 import Sentinel2Chips, Sentinel2Scene, to_reflectance
 from .shards import ShardDataset, ShardWriter, decode_sample, write_chips
-from .tasks import InpaintSamples, SuperResPairs, TemporalSequences, degrade, random_box_mask, rasterize_mask
+from .tasks import BoxMasked, DownsampledPairs, InpaintSamples, SuperResPairs, TemporalSequences, degrade, random_box_mask, rasterize_mask
 from .transforms import (
     CaptionDropout,
     Compose,
@@ -71,6 +71,6 @@ __all__ = [
     "ManifestDataset", "read_manifest", "write_manifest", "PrepareConfig", "prepare_data",
     "SENTINEL2_BANDS", "Sentinel2Chips", "Sentinel2Scene", "to_reflectance",
     "ShardDataset", "ShardWriter", "decode_sample", "write_chips",
-    "InpaintSamples", "SuperResPairs", "TemporalSequences", "degrade", "random_box_mask", "rasterize_mask",
+    "BoxMasked", "DownsampledPairs", "InpaintSamples", "SuperResPairs", "TemporalSequences", "degrade", "random_box_mask", "rasterize_mask",
     "CaptionDropout", "Compose", "Resize", "SelectBands", "collate_samples", "to_model_range", "to_uint8",
 ]

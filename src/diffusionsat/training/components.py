@@ -28,7 +28,11 @@ BASE_VOCABULARY = (
 
 
 def model_resolution(cfg: TrainConfig) -> int:
-    """Image size the model trains at (preset default unless ``resolution`` is set)."""
+    """Image size the model trains at: ``resolution``, else a task's base model's own size, else the preset's."""
+    if cfg.resolution is None and cfg.task != "generate" and cfg.base_model is not None:
+        size = base_model_resolution(cfg.base_model)
+        if size is not None:
+            return size
     if cfg.preset in PRESETS:
         preset = get_preset(cfg.preset)
         size = cfg.resolution or preset.resolution
@@ -39,6 +43,25 @@ def model_resolution(cfg: TrainConfig) -> int:
     if cfg.preset == "sd21":
         return cfg.resolution or 512
     raise ValueError(f"preset={cfg.preset!r}: unknown; choose one of {', '.join([*PRESETS, 'sd21'])}")
+
+
+def base_model_resolution(model: str) -> int | None:
+    """Pixel size a local model folder samples at (UNet sample size × the VAE's factor), from its configs."""
+    import json
+    from pathlib import Path
+
+    from ..loading import resolve_model
+
+    folder = Path(resolve_model(model))
+    unet = folder / "unet" / "config.json"
+    if not unet.is_file():
+        return None  # a hub id or an original run folder: the preset decides
+    size = json.loads(unet.read_text(encoding="utf-8")).get("sample_size")
+    vae = folder / "vae" / "config.json"
+    if vae.is_file():
+        blocks = json.loads(vae.read_text(encoding="utf-8")).get("block_out_channels") or [0]
+        size = size * 2 ** (len(blocks) - 1) if isinstance(size, int) else size
+    return size if isinstance(size, int) else None
 
 
 def build_initial_pipeline(cfg: TrainConfig, captions: Iterable[str]) -> DiffusionSatPipeline:

@@ -19,27 +19,44 @@ TASKS = ("generate", "superres", "temporal", "inpaint", "control")
 
 
 def build_task_dataset(cfg: TrainConfig, resolution: int) -> Dataset:
-    """The paired dataset of a task, from ``cfg.data`` (rasters) and the task's own keys."""
+    """The paired dataset of a task, from ``cfg.data`` (rasters, UC Merced folders) and the task's own keys.
+
+    UC Merced folders give their training split: super-resolution pairs from native 256 px tiles
+    and their ``sr_factor``× downsample, in-painting samples at the model's size with random boxes.
+    """
+    from torch.utils.data import ConcatDataset
+
     from ..data.geotiff import GeoTiffChips
-    from ..data.tasks import InpaintSamples, SuperResPairs, TemporalSequences
+    from ..data.tasks import BoxMasked, DownsampledPairs, InpaintSamples, SuperResPairs, TemporalSequences
+    from ..data.ucmerced import UCMerced, is_ucmerced_folder
 
     chip = cfg.chip_size or resolution
+    ucmerced = [d for d in cfg.data if is_ucmerced_folder(d)]
+    rasters = [d for d in cfg.data if d not in ucmerced]
+    if ucmerced and cfg.task not in ("superres", "inpaint"):
+        raise ValueError(f"data: UC Merced folders are not time series or control pairs; task={cfg.task} needs rasters")
+    parts: list[Dataset] = []
     if cfg.task == "superres":
-        if len(cfg.data) != 1:
-            raise ValueError("superres: data must be one high-resolution raster (the low-res one goes in lowres)")
-        return SuperResPairs(cfg.data[0], chip, low=cfg.lowres, factor=cfg.sr_factor, bands=cfg.bands,
-                             low_bands=cfg.lowres_bands, out_size=resolution)
-    if cfg.task == "temporal":
+        if cfg.lowres is not None and len(rasters) != 1:
+            raise ValueError("superres: lowres pairs with exactly one high-resolution raster in data")
+        parts += [DownsampledPairs(UCMerced(d, "train", seed=cfg.seed), chip, factor=cfg.sr_factor) for d in ucmerced]
+        parts += [SuperResPairs(r, chip, low=cfg.lowres, factor=cfg.sr_factor, bands=cfg.bands,
+                                low_bands=cfg.lowres_bands, out_size=resolution) for r in rasters]
+    elif cfg.task == "temporal":
         return TemporalSequences(cfg.data, chip, num_frames=cfg.max_frames + 1, date_pattern=cfg.date_pattern,
                                  bands=cfg.bands, out_size=resolution)
-    if cfg.task == "inpaint":
-        return InpaintSamples(cfg.data, chip, vector=cfg.mask_vector, bands=cfg.bands, seed=cfg.seed,
-                              out_size=resolution)
-    if cfg.task == "control":
+    elif cfg.task == "inpaint":
+        parts += [BoxMasked(UCMerced(d, "train", size=resolution, seed=cfg.seed), seed=cfg.seed) for d in ucmerced]
+        if rasters:
+            parts.append(InpaintSamples(rasters, chip, vector=cfg.mask_vector, bands=cfg.bands, seed=cfg.seed,
+                                        out_size=resolution))
+    elif cfg.task == "control":
         return GeoTiffChips(cfg.data, chip_size=chip, resize_to=resolution, bands=cfg.bands,
                             date_pattern=cfg.date_pattern, max_nodata=cfg.max_nodata, on_error="skip",
                             verify_pixels=True)
-    raise ValueError(f"task={cfg.task!r}: choose one of {', '.join(TASKS)}")
+    else:
+        raise ValueError(f"task={cfg.task!r}: choose one of {', '.join(TASKS)}")
+    return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 
 
 def conditioning_channels(task: str, sample: dict[str, Any], out_channels: int) -> int:
