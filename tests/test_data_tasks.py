@@ -90,8 +90,66 @@ def test_temporal_frames_on_the_same_grid_equal_chips_read_directly(shared_data)
     ds = TemporalSequences([shared_data / "landsat-timeseries"], 128, date_pattern="{YYYY}.tif", num_frames=2,
                            out_size=64)
     sample = ds[3]
-    _, window = ds.index[3]
+    _, window, _ = ds.index[3]
     info = open_raster(shared_data / "landsat-timeseries/2010.tif", date_pattern="{YYYY}.tif")
     direct = read_chip(info, window, out_size=64).to_sample()["pixel_values"]
     assert torch.equal(sample["conditioning_pixel_values"][0], direct)
     assert sample["conditioning_metadata"][0].year == 2010 and sample["metadata"].year == 2015
+
+
+def test_temporal_every_date_makes_each_date_a_target(shared_data):
+    latest = TemporalSequences([shared_data / "landsat-timeseries"], 128, date_pattern="{YYYY}.tif", num_frames=3)
+    every = TemporalSequences([shared_data / "landsat-timeseries"], 128, date_pattern="{YYYY}.tif", num_frames=3,
+                              every_date=True)
+    dates = 7  # 1985 ... 2015
+    assert len(every) == len(latest) * (dates - 3 + 1)
+    years = sorted({every.sequence(i).frames[-1].metadata.year for i in range(len(every))})
+    assert years == [1995, 2000, 2005, 2010, 2015]
+    first = every.sequence(0)
+    assert [f.metadata.year for f in first.frames] == [1985, 1990, 1995]
+    with pytest.raises(ValueError, match="every_date needs num_frames"):
+        TemporalSequences([shared_data / "landsat-timeseries"], 128, date_pattern="{YYYY}.tif", every_date=True)
+
+
+def test_downsampled_pairs_tile_native_images_and_average_them(shared_data):
+    import torch
+
+    from diffusionsat.data import DownsampledPairs, UCMerced
+
+    ucm = UCMerced(shared_data / "ucmerced", "train", classes=("harbor",))
+    pairs = DownsampledPairs(ucm, 64, factor=4)
+    assert len(pairs) == len(ucm) * 16
+    sample = pairs[5]  # image 0, tile row 1, col 1
+    native = torch.as_tensor(ucm[0]["pixel_values"])
+    assert torch.equal(sample["pixel_values"], native[:, 64:128, 64:128])
+    assert sample["conditioning_pixel_values"].shape == (3, 16, 16)
+    assert torch.allclose(sample["conditioning_pixel_values"][:, 0, 0], native[:, 64:68, 64:68].mean(dim=(1, 2)))
+    assert sample["conditioning_metadata"].gsd == pytest.approx(4 * sample["metadata"].gsd)
+    assert sample["metadata"].gsd == pytest.approx(0.3048)
+    with pytest.raises(ValueError, match="divisible"):
+        DownsampledPairs(ucm, 62, factor=4)
+
+
+def test_downsampled_pairs_put_off_size_images_on_the_common_grid():
+    import torch
+
+    from diffusionsat.data import DownsampledPairs
+    from diffusionsat.metadata import SatMetadata
+
+    items = [{"pixel_values": torch.zeros(3, 64, 64), "metadata": SatMetadata(gsd=1.0)},
+             {"pixel_values": torch.zeros(3, 60, 64), "metadata": SatMetadata(gsd=1.0)}]
+    pairs = DownsampledPairs(items, 32, factor=2)
+    assert pairs[4]["pixel_values"].shape == (3, 32, 32)
+    assert pairs[4]["metadata"].gsd == pytest.approx(1.0)
+
+
+def test_box_masked_adds_reproducible_masks():
+    import torch
+
+    from diffusionsat.data import BoxMasked
+
+    items = [{"pixel_values": torch.zeros(3, 32, 32)} for _ in range(3)]
+    a, b = BoxMasked(items, seed=1), BoxMasked(items, seed=1)
+    assert torch.equal(a[2]["mask"], b[2]["mask"]) and a[2]["mask"].shape == (1, 32, 32)
+    assert 0 < float(a[2]["mask"].mean()) < 1
+    assert not torch.equal(a[0]["mask"], a[1]["mask"])

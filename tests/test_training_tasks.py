@@ -35,6 +35,10 @@ def task_config(shared_data, tmp_path, task, data, **extra):
         ("superres", [SPACENET + "pan1.tif"], {"bands": "1,1,1", "lowres": "SHARED/" + SPACENET + "ms1.tif"},
          "SatControlNet"),
         ("control", [NAIP], {}, "SatControlNet"),
+        ("superres", ["ucmerced", NAIP], {"sr_factor": 4}, "SatControlNet"),  # UCM: native tiles vs 4x average
+        ("inpaint", ["ucmerced", NAIP], {}, "SatControlNet"),  # UCM: random boxes
+        ("temporal", [NAIP_DIR], {"max_frames": 2, "date_pattern": "*_{YYYYMMDD}.tif", "temporal_every_date": True},
+         "SatControlNet3D"),
     ],
 )
 def test_each_task_trains_only_its_controlnet(shared_data, tmp_path, tiny_model_dir, task, data, extra,
@@ -70,3 +74,23 @@ def test_task_config_errors(tmp_path, capsys):
     assert "task='paint': must be one of generate, superres, temporal, inpaint, control" in capsys.readouterr().err
     assert main(["train", "--task", "temporal", "--augment", "true", "--data", str(tmp_path)]) == 2
     assert "augment: only for task=generate" in capsys.readouterr().err
+
+
+def test_task_resolution_follows_the_base_model(tiny_model_dir, tmp_path):
+    import json
+
+    from diffusionsat.training.components import model_resolution
+
+    native = json.loads((tiny_model_dir / "unet" / "config.json").read_text())["sample_size"]
+    cfg = load_config(overrides={"task": "superres", "base_model": str(tiny_model_dir), "preset": "small",
+                                 "output_dir": str(tmp_path)})
+    assert model_resolution(cfg) == native  # not the small preset's 64
+    cfg.resolution = 32
+    assert model_resolution(cfg) == 32
+
+
+def test_ucmerced_is_refused_for_temporal(shared_data, tmp_path, tiny_model_dir):
+    cfg = task_config(shared_data, tmp_path, "temporal", [str(shared_data / "ucmerced")],
+                      base_model=str(tiny_model_dir))
+    with pytest.raises(ValueError, match="UC Merced folders are not time series"):
+        build_dataset(cfg)

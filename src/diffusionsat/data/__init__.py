@@ -52,7 +52,16 @@ from .prepare import PrepareConfig, prepare_data
 from .sentinel2 import BANDS as SENTINEL2_BANDS
 from .sentinel2 import Sentinel2Chips, Sentinel2Scene, to_reflectance
 from .shards import ShardDataset, ShardWriter, decode_sample, write_chips
-from .tasks import BoxMasked, DownsampledPairs, InpaintSamples, SuperResPairs, TemporalSequences, degrade, random_box_mask, rasterize_mask
+from .tasks import (
+    BoxMasked,
+    DownsampledPairs,
+    InpaintSamples,
+    SuperResPairs,
+    TemporalSequences,
+    degrade,
+    random_box_mask,
+    rasterize_mask,
+)
 from .transforms import (
     CaptionDropout,
     Compose,
@@ -62,6 +71,7 @@ from .transforms import (
     to_model_range,
     to_uint8,
 )
+from .ucmerced import UCMerced
 
 __all__ = [
     "AUTO_TEMPLATE", "FMOW_TEMPLATE", "CaptionTemplate", "build_caption", "country_at", "land_cover_words", "season",
@@ -71,6 +81,7 @@ __all__ = [
     "ManifestDataset", "read_manifest", "write_manifest", "PrepareConfig", "prepare_data",
     "SENTINEL2_BANDS", "Sentinel2Chips", "Sentinel2Scene", "to_reflectance",
     "ShardDataset", "ShardWriter", "decode_sample", "write_chips",
-    "BoxMasked", "DownsampledPairs", "InpaintSamples", "SuperResPairs", "TemporalSequences", "degrade", "random_box_mask", "rasterize_mask",
+    "BoxMasked", "DownsampledPairs", "InpaintSamples", "SuperResPairs", "TemporalSequences", "degrade",
+    "random_box_mask", "rasterize_mask", "UCMerced",
     "CaptionDropout", "Compose", "Resize", "SelectBands", "collate_samples", "to_model_range", "to_uint8",
 ]

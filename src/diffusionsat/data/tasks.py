@@ -110,29 +110,36 @@ class TemporalSequences:
     Data: several rasters of one place at different dates (e.g. the NAIP or Landsat time series);
     places are found by :func:`group_by_place`. ``num_frames`` (default: all) keeps the latest ones.
     Frames are read over the target chip's map bounds, so rasters that differ by a row line up.
+    ``every_date`` (with ``num_frames``) makes every date that has ``num_frames - 1`` earlier ones a
+    target too, so a series of D dates gives D - num_frames + 1 sequences per window, not one.
     """
 
     def __init__(self, paths: Sequence[str | os.PathLike], chip_size: int, *, num_frames: int | None = None,
-                 date_pattern: str | None = None, bands: Any = None, stride: int | None = None, **chip_kwargs: Any):
+                 date_pattern: str | None = None, bands: Any = None, stride: int | None = None,
+                 every_date: bool = False, **chip_kwargs: Any):
         infos = [open_raster(p, bands=bands, date_pattern=date_pattern) for p in find_rasters(paths)]
         self.groups = [g for g in group_by_place(infos) if len(g) >= 2]
         if not self.groups:
             raise DataError(None, "temporal samples need at least two rasters of the same place")
         if num_frames is not None and num_frames < 2:
             raise ValueError(f"num_frames={num_frames}: must be ≥ 2 (conditioning frames + target)")
+        if every_date and num_frames is None:
+            raise ValueError("every_date needs num_frames (the length of each sequence)")
         self.num_frames, self.chip_kwargs = num_frames, chip_kwargs
-        self.index = []
+        self.index: list[tuple[int, tuple[int, int, int, int], int]] = []
         for gi, group in enumerate(self.groups):
             width = min(i.width for i in group)
             height = min(i.height for i in group)
-            self.index.extend((gi, w) for w in chip_windows(width, height, chip_size, stride))
+            ends = range(min(num_frames, len(group)), len(group) + 1) if every_date and num_frames else [len(group)]
+            self.index.extend((gi, w, end) for end in ends for w in chip_windows(width, height, chip_size, stride))
 
     def __len__(self) -> int:
         return len(self.index)
 
     def sequence(self, idx: int) -> TemporalSample:
-        gi, window = self.index[idx]
-        group = self.groups[gi][-self.num_frames:] if self.num_frames else self.groups[gi]
+        gi, window, end = self.index[idx]
+        group = self.groups[gi][:end]
+        group = group[-self.num_frames:] if self.num_frames else group
         target = read_chip(group[-1], window, **self.chip_kwargs)
         bounds = _bounds(target)
         frames = []
@@ -238,14 +245,14 @@ class DownsampledPairs:
     trained this way learns real 0.3 m detail from real 1.2 m inputs (UC Merced 256 px vs 64 px).
     """
 
-    def __init__(self, dataset: Any, crop: int, *, factor: int = 4):
+    def __init__(self, dataset: Any, crop: int, *, factor: int = 4, transform: Any = None):
         if crop % factor:
             raise ValueError(f"crop={crop} must be divisible by the resolution factor {factor}")
         first = dataset[0]["pixel_values"]
         h, w = int(first.shape[-2]), int(first.shape[-1])
         if h < crop or w < crop:
             raise ValueError(f"images are {w}x{h} px, smaller than the crop of {crop} px")
-        self.dataset, self.crop, self.factor, self.size = dataset, crop, factor, (h, w)
+        self.dataset, self.crop, self.factor, self.size, self.transform = dataset, crop, factor, (h, w), transform
         self.grid = [(r, c) for r in range(0, h - crop + 1, crop) for c in range(0, w - crop + 1, crop)]
 
     def __len__(self) -> int:
@@ -267,7 +274,7 @@ class DownsampledPairs:
         sample.update(key=f"{sample.get('key', item)}-{r}-{c}", pixel_values=high.contiguous(), metadata=meta,
                       conditioning_pixel_values=low,
                       conditioning_metadata=meta.replace(gsd=None if meta.gsd is None else meta.gsd * self.factor))
-        return sample
+        return self.transform(sample) if self.transform else sample
 
 
 # --- in-painting ------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ class TrainConfig:
     task: str = "generate"
     base_model: str | None = None
     max_frames: int = 3
+    temporal_every_date: bool = False  # every date with max_frames earlier ones is a target, not just the latest
     sr_factor: int = 4
     lowres: str | None = None
     lowres_bands: str | None = None

@@ -28,6 +28,7 @@ def build_task_dataset(cfg: TrainConfig, resolution: int) -> Dataset:
 
     from ..data.geotiff import GeoTiffChips
     from ..data.tasks import BoxMasked, DownsampledPairs, InpaintSamples, SuperResPairs, TemporalSequences
+    from ..data.transforms import Resize
     from ..data.ucmerced import UCMerced, is_ucmerced_folder
 
     chip = cfg.chip_size or resolution
@@ -39,12 +40,14 @@ def build_task_dataset(cfg: TrainConfig, resolution: int) -> Dataset:
     if cfg.task == "superres":
         if cfg.lowres is not None and len(rasters) != 1:
             raise ValueError("superres: lowres pairs with exactly one high-resolution raster in data")
-        parts += [DownsampledPairs(UCMerced(d, "train", seed=cfg.seed), chip, factor=cfg.sr_factor) for d in ucmerced]
+        resize = Resize(resolution) if chip != resolution else None
+        parts += [DownsampledPairs(UCMerced(d, "train", seed=cfg.seed), chip, factor=cfg.sr_factor, transform=resize)
+                  for d in ucmerced]
         parts += [SuperResPairs(r, chip, low=cfg.lowres, factor=cfg.sr_factor, bands=cfg.bands,
                                 low_bands=cfg.lowres_bands, out_size=resolution) for r in rasters]
     elif cfg.task == "temporal":
         return TemporalSequences(cfg.data, chip, num_frames=cfg.max_frames + 1, date_pattern=cfg.date_pattern,
-                                 bands=cfg.bands, out_size=resolution)
+                                 bands=cfg.bands, every_date=cfg.temporal_every_date, out_size=resolution)
     elif cfg.task == "inpaint":
         parts += [BoxMasked(UCMerced(d, "train", size=resolution, seed=cfg.seed), seed=cfg.seed) for d in ucmerced]
         if rasters:
