@@ -130,3 +130,18 @@ def test_info_shows_versions_and_model_card(tiny_model_dir, capsys):
     out = capsys.readouterr().out
     assert "diffusionsat" in out and "torch" in out and "diffusers" in out
     assert "# Tiny test model" in out
+
+
+def test_info_lists_the_task_controlnets_of_a_model(tiny_model_dir, capsys):
+    import shutil
+
+    for task in ("superres", "inpaint"):
+        (tiny_model_dir / f"controlnet_{task}").mkdir()
+        (tiny_model_dir / f"controlnet_{task}" / "config.json").write_text("{}")
+    assert main(["info", "--model", str(tiny_model_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "task models (used by these commands with no --model): superres (controlnet_superres/), inpaint" in out
+    for task in ("superres", "inpaint"):
+        shutil.rmtree(tiny_model_dir / f"controlnet_{task}")
+    assert main(["info", "--model", str(tiny_model_dir)]) == 0
+    assert "task models" not in capsys.readouterr().out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 
 import click
 
@@ -16,6 +17,18 @@ from ..loading import (
     resolve_model,
 )
 from .main import cli
+
+
+def task_controlnets(location: str) -> dict[str, Path]:
+    """The task ControlNets a local model folder holds: ``controlnet_<task>/`` (or one ``controlnet/``)."""
+    folder = Path(location)
+    found = {}
+    for task in ("superres", "temporal", "inpaint"):
+        if (folder / f"controlnet_{task}" / "config.json").is_file():
+            found[task] = folder / f"controlnet_{task}"
+    if (folder / "controlnet" / "config.json").is_file():
+        found.setdefault("controlnet", folder / "controlnet")
+    return found
 
 
 @cli.command()
@@ -36,5 +49,9 @@ def info(model):
         return
     location = resolve_model(model)
     click.echo(f"model: {describe_model(location)}  version {model_version(location)}")
+    tasks = task_controlnets(location)
+    if tasks:
+        click.echo("task models (used by these commands with no --model): "
+                   + ", ".join(f"{task} ({folder.name}/)" for task, folder in tasks.items()))
     card = read_model_card(location)
     click.echo(card if card else "(this model folder has no MODEL_CARD.md)")
