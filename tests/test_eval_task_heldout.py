@@ -177,3 +177,36 @@ def test_with_known_metadata_fills_only_what_the_file_lacks(tmp_path):
     assert with_known_metadata(dated, known).metadata.date_string() == "2012"  # the file's date is kept
     assert with_known_metadata(raster, None) is raster
     assert _sidecar_metadata(tmp_path / "none.png") is None
+
+
+def test_report_says_where_a_baseline_wins():
+    from diffusionsat.evaluation.report import markdown, versus_baselines
+
+    def est(value, low=None, high=None):
+        return {"value": value, "low": low, "high": high, "std": None, "n": 10, "method": "m", "note": None}
+
+    report = {
+        "task": "superres", "data": "d", "num_records": 10, "image_size": [64, 64], "seed": 0, "created": "now",
+        "diffusionsat_version": "x", "networks": {},
+        "rows": [{"name": "model", "role": "model", "description": "", "source": None},
+                 {"name": "real-vs-real", "role": "floor", "description": "", "source": None},
+                 {"name": "bicubic", "role": "baseline", "description": "", "source": None},
+                 {"name": "lanczos", "role": "baseline", "description": "", "source": None}],
+        "metrics": {
+            "psnr": {"better": "higher", "description": "", "rows": {
+                "model": est(24.0, 23.5, 24.5), "real-vs-real": est(12.0), "bicubic": est(23.0, 22.0, 23.8),
+                "lanczos": est(26.0, 25.0, 27.0)}},
+            "domain_lpips": {"better": "lower", "description": "", "rows": {
+                "model": est(0.5, 0.4, 0.6), "real-vs-real": est(5.0), "bicubic": est(0.55, 0.45, 0.65),
+                "lanczos": est(None)}},
+        },
+    }
+    versus = versus_baselines(report)
+    assert [b["row"] for b in versus["psnr"]["model"]["beaten_by"]] == ["lanczos"]
+    assert versus["psnr"]["model"]["beaten_by"][0]["clear"] is True  # [25, 27] is above [23.5, 24.5]
+    assert versus["psnr"]["model"]["beats"] == [{"row": "bicubic", "value": 23.0, "clear": False}]  # overlapping
+    assert versus["domain_lpips"]["model"]["beats"][0]["row"] == "bicubic"  # lower is better; lanczos missing
+    assert "real-vs-real" not in str(versus)  # the floor is not a baseline to beat
+    report["versus_baselines"] = versus
+    text = markdown(report)
+    assert "## Model against the baselines" in text and "**beaten by lanczos (26.0000*)**" in text

@@ -6,11 +6,13 @@ The algorithm, step by step (see :func:`evaluate`):
 2. read the real records and pick ``num_samples`` of them (seeded);
 3. get generated images per model: from ``--generated`` folders (matched by key) or by running the
    model (``generate`` task) and saving them with sidecars under ``REPORT_DIR/generated-*``;
-4. build the baselines from the real images: real-vs-real halves (floor) and trivial generators;
+4. build the baselines from the real images: real-vs-real halves (floor), a trivial generator and
+   the task's classical methods (bicubic/Lanczos, latest frame/mean of frames, biharmonic/mean fill);
 5. load the feature networks that are available (the shipped domain encoder always; Inception,
    CLIP and LPIPS only from local paths) and extract features once per image set;
 6. compute the task's metrics for every row, with intervals and sample counts;
-7. write ``report.json``, ``report.md`` and one real-vs-generated grid per condition.
+7. write ``report.json``, ``report.md`` (with which baselines beat the model, per metric) and one
+   real-vs-generated grid per condition.
 """
 
 from __future__ import annotations
@@ -343,7 +345,7 @@ def upsample_inputs(upsample: Any, records: list[EvalRecord], real: torch.Tensor
 
 
 def build_baselines(task: str, records: list[EvalRecord], real: torch.Tensor, seed: int) -> list[Candidate]:
-    """Real-vs-real (floor) and the trivial generators of ``task``, aligned with ``records``."""
+    """Real-vs-real (floor), the trivial generator and the classical baselines of ``task``, aligned with ``records``."""
     size = tuple(real.shape[-2:])
     rows = [
         Candidate("real-vs-real", "floor", real,
@@ -585,7 +587,7 @@ def classification_summary(tables: dict[str, dict[str, Estimate]], per_condition
 def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     """Run one evaluation and write the report; returns the report as a dict."""
     from .. import __version__
-    from .report import write_report
+    from .report import versus_baselines, write_report
 
     # 1. inputs
     config.validate()
@@ -666,6 +668,7 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
         "classification_summary": classification_summary(tables, per_condition),
         "seasons": list(SEASONS),
     }
+    report["versus_baselines"] = versus_baselines(report)
     # 7. files
     targets = per_condition.get("_targets") or [r.scene or "all" for r in records]
     report["grids"] = write_report(report, out, records, real, candidates, targets, overwrite=config.overwrite)
