@@ -102,10 +102,11 @@ def test_evaluate_superres_with_generated_images(heldout, tmp_path):
     assert metrics["ssim"]["rows"]["model"]["value"] == pytest.approx(1.0)
     assert metrics["domain_lpips"]["rows"]["model"]["value"] == pytest.approx(0.0, abs=1e-9)
     assert metrics["psnr"]["rows"]["model"]["value"] is None or np.isinf(metrics["psnr"]["rows"]["model"]["value"])
-    for baseline in ("bicubic", "blur+noise", "real-vs-real"):
+    for baseline in ("bicubic", "lanczos", "blur+noise", "real-vs-real"):
         assert metrics["ssim"]["rows"][baseline]["value"] < 0.99
         assert metrics["domain_lpips"]["rows"][baseline]["value"] > 0
     assert metrics["psnr"]["rows"]["bicubic"]["value"] > metrics["psnr"]["rows"]["real-vs-real"]["value"]
+    assert metrics["psnr"]["rows"]["lanczos"]["value"] > metrics["psnr"]["rows"]["real-vs-real"]["value"]
     assert metrics["lpips"]["rows"]["model"]["value"] is None  # no backbone given: reported, not guessed
 
 
@@ -161,7 +162,7 @@ def test_evaluate_runs_task_models(shared_data, task_models, tmp_path):
                  "--out", str(out), "--steps", "1", "--bootstrap", "0"]) == 0
     report = _report(out)
     assert report["image_size"] == [32, 32] and report["num_records"] == 4
-    assert {"model", "bicubic", "real-vs-real"} <= set(report["metrics"]["psnr"]["rows"])
+    assert {"model", "bicubic", "lanczos", "real-vs-real"} <= set(report["metrics"]["psnr"]["rows"])
     sidecar = json.loads(next((out / "generated-model").glob("*.json")).read_text())
     assert sidecar["task"] == "superres" and sidecar["scale"] == 4 and sidecar["width"] == 32
 
@@ -169,7 +170,7 @@ def test_evaluate_runs_task_models(shared_data, task_models, tmp_path):
     assert main(["evaluate", "--task", "inpaint", "--model", str(task_models["inpaint"]), "--data", str(data),
                  "--out", str(out), "--steps", "1", "--bootstrap", "0", "--num-samples", "3"]) == 0
     report = _report(out)
-    assert "mean-fill" in report["metrics"]["ssim"]["rows"]
+    assert {"biharmonic", "mean-fill"} <= set(report["metrics"]["ssim"]["rows"])
     # Unmasked pixels come back exactly: outside the central square the model equals the reference.
     gen = sorted((out / "generated-model").glob("*.png"))[0]
     ref = np.asarray(PIL.Image.open(data / gen.name), dtype=np.int16)
@@ -198,7 +199,7 @@ def test_manifest_and_sidecar_errors_name_the_record(tmp_path):
 
 @pytest.mark.shared_data
 def test_evaluate_temporal_task_model(shared_data, tiny_pipeline, tmp_path):
-    """Two NAIP dates as frames (dates from their sidecars) → the third date; persistence baseline."""
+    """Two NAIP dates as frames (dates from their sidecars) → the third date; latest-frame and mean-of-frames baselines."""
     from diffusionsat.evaluation.chips import SOURCES, read_source
     from diffusionsat.models.controlnet_3d import SatControlNet3D
 
@@ -225,7 +226,7 @@ def test_evaluate_temporal_task_model(shared_data, tiny_pipeline, tmp_path):
     assert main(["evaluate", "--task", "temporal", "--model", str(model), "--data", str(data), "--out", str(out),
                  "--steps", "1", "--bootstrap", "0"]) == 0
     report = _report(out)
-    assert report["num_records"] == 2 and "persistence" in report["metrics"]["psnr"]["rows"]
+    assert report["num_records"] == 2 and {"latest-frame", "mean-of-frames"} <= set(report["metrics"]["psnr"]["rows"])
     sidecar = json.loads((out / "generated-model" / "k0.json").read_text())
     assert sidecar["target_date"] == "2012-07-31" and sidecar["frame_dates"] == ["2009-08-18", "2010-06-29"]
 

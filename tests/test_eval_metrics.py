@@ -12,10 +12,14 @@ from torch import nn
 from diffusionsat.evaluation.baselines import (
     add_noise,
     bicubic_upsample,
+    biharmonic_fill,
     blur_noise,
     centre_mask,
     gaussian_blur,
+    lanczos_upsample,
+    latest_frame,
     mean_fill,
+    mean_of_frames,
 )
 from diffusionsat.evaluation.chips import SOURCES, read_source, sample_chips
 from diffusionsat.evaluation.domain_encoder import load_domain_encoder
@@ -210,3 +214,46 @@ def test_baselines_do_what_they_say():
     assert up.shape == images.shape
     noisy = blur_noise(images, seed=1)
     assert torch.equal(noisy, blur_noise(images, seed=1)) and (noisy - images).abs().mean() > 0.05
+
+
+def test_lanczos_reproduces_a_smooth_ramp_better_than_nearest():
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
+    ramp = torch.stack([0.1 + 0.8 * xx, 0.2 + 0.6 * yy, 0.5 + 0.3 * torch.sin(3 * xx + 2 * yy)])[None]
+    low = torch.nn.functional.avg_pool2d(ramp, 4)
+    lanczos = lanczos_upsample(ramp, low_res=low)
+    nearest = torch.nn.functional.interpolate(low, size=(64, 64), mode="nearest")
+    inner = (slice(None), slice(None), slice(8, -8), slice(8, -8))  # away from the edge effects
+    assert lanczos.shape == ramp.shape and lanczos.dtype == torch.float32
+    err_lanczos = (lanczos - ramp)[inner].abs().mean()
+    assert err_lanczos < 0.25 * (nearest - ramp)[inner].abs().mean() and err_lanczos < 2e-3
+    # Without a low-res input it upsamples the reference downsampled 4x, like bicubic; same order of error.
+    assert (lanczos_upsample(ramp) - ramp)[inner].abs().mean() < 5e-3
+    assert (bicubic_upsample(ramp, low_res=low) - ramp)[inner].abs().mean() < 5e-3
+
+
+def test_biharmonic_fills_a_linear_gradient_and_keeps_the_rest():
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 32), torch.linspace(0, 1, 32), indexing="ij")
+    images = torch.stack([0.2 + 0.6 * xx, 0.9 - 0.5 * yy, 0.3 + 0.2 * xx + 0.3 * yy])[None].repeat(2, 1, 1, 1)
+    images[1] = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    mask = centre_mask(images)
+    mask[1, 0, :4, :4] = 1  # a second hole on the border
+    filled = biharmonic_fill(images, mask)
+    keep = mask == 0
+    assert torch.equal(filled.expand_as(images)[keep.expand_as(images)], images[keep.expand_as(images)])
+    hole = mask[0].expand(3, -1, -1) > 0
+    assert (filled[0][hole] - images[0][hole]).abs().max() < 1e-3  # a linear field is biharmonic: exact
+    assert (mean_fill(images, mask)[0][hole] - images[0][hole]).abs().max() > 0.1
+    assert filled.min() >= 0 and filled.max() <= 1
+    # A mask over everything leaves nothing to extrapolate from: mean_fill's answer, no error.
+    full = torch.ones(1, 1, 32, 32)
+    assert torch.equal(biharmonic_fill(images[:1], full), mean_fill(images[:1], full))
+
+
+def test_temporal_baselines_latest_and_mean_of_frames():
+    frames = [torch.full((3, 8, 8), v) for v in (0.1, 0.4, 0.7)]
+    assert torch.allclose(mean_of_frames(frames), torch.full((3, 8, 8), 0.4))
+    stacked = torch.rand(4, 2, 3, 8, 8)  # (T, N, C, H, W)
+    assert torch.allclose(mean_of_frames(stacked), stacked.mean(0))
+    assert torch.equal(latest_frame(frames[-1]), frames[-1])
+    with pytest.raises(ValueError, match="no frames"):
+        mean_of_frames([])

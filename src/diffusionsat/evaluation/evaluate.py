@@ -6,11 +6,13 @@ The algorithm, step by step (see :func:`evaluate`):
 2. read the real records and pick ``num_samples`` of them (seeded);
 3. get generated images per model: from ``--generated`` folders (matched by key) or by running the
    model (``generate`` task) and saving them with sidecars under ``REPORT_DIR/generated-*``;
-4. build the baselines from the real images: real-vs-real halves (floor) and trivial generators;
+4. build the baselines from the real images: real-vs-real halves (floor), a trivial generator and
+   the task's classical methods (bicubic/Lanczos, latest frame/mean of frames, biharmonic/mean fill);
 5. load the feature networks that are available (the shipped domain encoder always; Inception,
    CLIP and LPIPS only from local paths) and extract features once per image set;
 6. compute the task's metrics for every row, with intervals and sample counts;
-7. write ``report.json``, ``report.md`` and one real-vs-generated grid per condition.
+7. write ``report.json``, ``report.md`` (with which baselines beat the model, per metric) and one
+   real-vs-generated grid per condition.
 """
 
 from __future__ import annotations
@@ -30,7 +32,17 @@ from tqdm.auto import tqdm
 
 from ..choices import EVAL_TASKS
 from ..fileio import check_writable
-from .baselines import bicubic_upsample, blur_noise, centre_mask, mean_fill, persistence
+from ..metadata import SatMetadata
+from .baselines import (
+    bicubic_upsample,
+    biharmonic_fill,
+    blur_noise,
+    centre_mask,
+    lanczos_upsample,
+    latest_frame,
+    mean_fill,
+    mean_of_frames,
+)
 from .dataset import (
     EvalRecord,
     at_size,
@@ -203,15 +215,28 @@ def generate_for_records(
     return out_dir
 
 
-def _frame_date(path: Path) -> str | None:
-    """A conditioning frame's date from its sidecar (``{frame}.json``), if it has one."""
+def _sidecar_metadata(path: Path) -> SatMetadata | None:
+    """A task input's metadata from its sidecar (``{file}.json``, the evaluation format), if it has one."""
     sidecar = path.with_suffix(".json")
     if not sidecar.is_file():
         return None
     from .dataset import record_from_dict
 
-    frame = record_from_dict(json.loads(sidecar.read_text(encoding="utf-8")), path, path.stem, path.parent)
-    return frame.metadata.date_string()
+    return record_from_dict(json.loads(sidecar.read_text(encoding="utf-8")), path, path.stem, path.parent).metadata
+
+
+def with_known_metadata(raster: Any, known: SatMetadata | None) -> Any:
+    """``raster`` (a :class:`~diffusionsat.conditional.RasterInput`) with the fields its file does not give
+    taken from ``known`` (its sidecar, or the record): a PNG has no place or GSD, a GeoTIFF may lack the
+    date. What the file says is kept; the date is taken whole (year, month, day) or not at all."""
+    if known is None:
+        return raster
+    md = raster.metadata
+    changes = {k: getattr(known, k) for k in ("lon", "lat", "gsd", "cloud_cover")
+               if getattr(md, k) is None and getattr(known, k) is not None}
+    if md.year is None and known.year is not None:
+        changes.update(year=known.year, month=known.month, day=known.day)
+    return dataclasses.replace(raster, metadata=md.replace(**changes)) if changes else raster
 
 
 def generate_conditional_for_records(
@@ -241,13 +266,15 @@ def generate_conditional_for_records(
             raise ValueError(f"record {rec.key!r} comes from a shard: run `diffusionsat {task}` on GeoTIFF/PNG "
                              "inputs, or pass its outputs with --generated")
         if task == "inpaint":
-            image = read_input(rec.image)
+            image = with_known_metadata(read_input(rec.image), rec.metadata)
             mask = (read_mask(rec.mask)[0] if rec.mask else centre_mask(read_image(rec.image)[None])[0, 0]) > 0.5
             result = inpaint_raster(pipe, image, mask.numpy(), prompt=rec.caption, seed=seed + i, **sampling)
         else:
             if not rec.condition:
                 raise ValueError(f"record {rec.key!r}: task {task} needs its input images in 'condition'")
-            inputs = [read_input(p, date=_frame_date(p)) for p in rec.condition]
+            known = [_sidecar_metadata(p) for p in rec.condition]
+            inputs = [with_known_metadata(read_input(p, date=k.date_string() if k else None), k)
+                      for p, k in zip(rec.condition, known)]
             if task == "superres":
                 width = image_size(rec.image)[1]
                 if width % inputs[0].width:
@@ -305,8 +332,20 @@ def load_generated(
 
 
 # --- step 4: baselines ---------------------------------------------------------------------------------
+def upsample_inputs(upsample: Any, records: list[EvalRecord], real: torch.Tensor) -> torch.Tensor:
+    """A super-resolution baseline per record: its own low-res input (``condition``) upsampled to its
+    reference's native size, then resized to the compared size like the reference. Without inputs for
+    every record: the compared references downsampled 4x and upsampled again."""
+    size = tuple(real.shape[-2:])
+    if not all(r.has_condition for r in records):
+        return upsample(real)
+    out = [resize(upsample(real[i:i + 1], low_res=record_conditions(r)[0][:3][None], size=image_size(r))[0], size)
+           for i, r in enumerate(records)]
+    return torch.stack(out)
+
+
 def build_baselines(task: str, records: list[EvalRecord], real: torch.Tensor, seed: int) -> list[Candidate]:
-    """Real-vs-real (floor) and the trivial generators of ``task``, aligned with ``records``."""
+    """Real-vs-real (floor), the trivial generator and the classical baselines of ``task``, aligned with ``records``."""
     size = tuple(real.shape[-2:])
     rows = [
         Candidate("real-vs-real", "floor", real,
@@ -316,25 +355,26 @@ def build_baselines(task: str, records: list[EvalRecord], real: torch.Tensor, se
                   "trivial generator: each real image blurred (Gaussian sigma 2 px) then noised (sigma 0.1)"),
     ]
     if task == "superres":
-        low = None
-        if all(r.has_condition for r in records):
-            low = [record_conditions(r)[0] for r in records]
-            shapes = {tuple(x.shape[-2:]) for x in low}
-            low = torch.stack(low) if len(shapes) == 1 else None
-        if low is not None:
-            low = low[:, :3]
-        rows.append(Candidate("bicubic", "baseline", bicubic_upsample(real, low_res=low),
-                              "bicubic upsampling of the low-res input" if low is not None
-                              else "bicubic upsampling of the reference downsampled 4x"))
+        given = "the low-res input (condition)" if all(r.has_condition for r in records) else \
+            "the reference downsampled 4x"
+        rows.append(Candidate("bicubic", "baseline", upsample_inputs(bicubic_upsample, records, real),
+                              f"classical: bicubic upsampling of {given}"))
+        rows.append(Candidate("lanczos", "baseline", upsample_inputs(lanczos_upsample, records, real),
+                              f"classical: Lanczos-3 upsampling (PIL LANCZOS, float) of {given}"))
     elif task == "inpaint":
         masks = (torch.stack([resize(record_mask(r), size) for r in records]).round()
                  if all(r.has_mask for r in records) else centre_mask(real))
+        rows.append(Candidate("biharmonic", "baseline", biharmonic_fill(real, masks),
+                              "classical: scikit-image biharmonic in-painting of the hole (mask = 1, or the central "
+                              "square); the rest unchanged"))
         rows.append(Candidate("mean-fill", "baseline", mean_fill(real, masks),
                               "hole (mask = 1, or the central square) filled with the mean colour of the rest"))
     elif task == "temporal" and all(r.has_condition for r in records):
-        previous = torch.stack([resize(record_conditions(r)[-1], size) for r in records])
-        rows.append(Candidate("persistence", "baseline", persistence(previous),
-                              "the last conditioning frame, unchanged (predicts no change)"))
+        frames = [[resize(f[:3], size) for f in record_conditions(r)] for r in records]
+        rows.append(Candidate("latest-frame", "baseline", latest_frame(torch.stack([f[-1] for f in frames])),
+                              "classical: the latest conditioning frame repeated (predicts no change)"))
+        rows.append(Candidate("mean-of-frames", "baseline", torch.stack([mean_of_frames(f) for f in frames]),
+                              "classical: the per-pixel mean of all conditioning frames"))
     return rows
 
 
@@ -547,7 +587,7 @@ def classification_summary(tables: dict[str, dict[str, Estimate]], per_condition
 def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     """Run one evaluation and write the report; returns the report as a dict."""
     from .. import __version__
-    from .report import write_report
+    from .report import versus_baselines, write_report
 
     # 1. inputs
     config.validate()
@@ -628,6 +668,7 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
         "classification_summary": classification_summary(tables, per_condition),
         "seasons": list(SEASONS),
     }
+    report["versus_baselines"] = versus_baselines(report)
     # 7. files
     targets = per_condition.get("_targets") or [r.scene or "all" for r in records]
     report["grids"] = write_report(report, out, records, real, candidates, targets, overwrite=config.overwrite)

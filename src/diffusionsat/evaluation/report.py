@@ -34,6 +34,64 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f} %"
 
 
+def versus_baselines(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per metric and model row: the baseline rows it beats and those that beat it (or tie).
+
+    ``clear`` says whether the two 95 % intervals are apart; without intervals (or when they
+    overlap) the order is within the sampling spread. Missing values are left out.
+    """
+    roles = {r["name"]: r["role"] for r in report["rows"]}
+    models = [n for n, role in roles.items() if role == "model"]
+    baselines = [n for n, role in roles.items() if role == "baseline"]
+    out: dict[str, dict[str, Any]] = {}
+    for metric, table in report["metrics"].items():
+        higher = table["better"] == "higher"
+        for model in models:
+            m = table["rows"].get(model)
+            if m is None or m["value"] is None:
+                continue
+            entry: dict[str, Any] = {"beats": [], "beaten_by": [], "ties": []}
+            for name in baselines:
+                b = table["rows"].get(name)
+                if b is None or b["value"] is None:
+                    continue
+                intervals = None not in (m["low"], m["high"], b["low"], b["high"])
+                if b["value"] == m["value"]:
+                    entry["ties"].append({"row": name, "value": b["value"]})
+                    continue
+                wins = b["value"] > m["value"] if higher else b["value"] < m["value"]
+                first, second = (b, m) if wins == higher else (m, b)  # first: the row with the higher value
+                clear = intervals and first["low"] > second["high"]
+                entry["beaten_by" if wins else "beats"].append({"row": name, "value": b["value"], "clear": bool(clear)})
+            if any(entry.values()):
+                out.setdefault(metric, {})[model] = {"value": m["value"], **entry}
+    return out
+
+
+def _versus_lines(report: dict[str, Any]) -> list[str]:
+    versus = report.get("versus_baselines") or {}
+    if not versus:
+        return []
+    lines = ["", "## Model against the baselines", "",
+             "Per metric, the baseline rows each model beats and those that beat it (\\* = the 95 % intervals "
+             "are apart; otherwise the order is within the sampling spread).", ""]
+    for metric, models in versus.items():
+        better = report["metrics"][metric]["better"]
+        for model, entry in models.items():
+            def names(items: list[dict[str, Any]]) -> str:
+                return ", ".join(f"{i['row']} ({_fmt(i['value'])}{'*' if i.get('clear') else ''})" for i in items)
+
+            parts = [f"- `{metric}` ({better} is better), {model} {_fmt(entry['value'])}:"]
+            if entry["beaten_by"]:
+                parts.append(f"**beaten by {names(entry['beaten_by'])}**;")
+            if entry["beats"]:
+                parts.append(f"beats {names(entry['beats'])};")
+            if entry["ties"]:
+                parts.append(f"ties {names(entry['ties'])};")
+            lines.append(" ".join(parts).rstrip(";"))
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The report as Markdown: what was compared, which networks ran, and one table per metric."""
     lines = [
@@ -68,6 +126,7 @@ def markdown(report: dict[str, Any]) -> str:
                 if entry["ratio_low"] is not None:
                     text += f" (95 % interval {_pct(entry['ratio_low'])}–{_pct(entry['ratio_high'])})"
             lines.append(text)
+    lines += _versus_lines(report)
     lines += ["", "## Metrics", "",
               "Each value: estimate [95 % interval]; std = per-image spread (KID/IS: over subsets; FID: bootstrap); "
               "n = images per row.", ""]
