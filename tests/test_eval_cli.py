@@ -261,5 +261,12 @@ def test_generate_task_without_model_uses_the_embedded_model(tmp_path):
     from diffusionsat.evaluation.evaluate import EvaluationConfig
 
     EvaluationConfig(task="generate", data=tmp_path, out=tmp_path / "e").validate()  # no "give --model"
-    with pytest.raises(ValueError, match="--task superres needs --model"):
-        EvaluationConfig(task="superres", data=tmp_path, out=tmp_path / "e").validate()
+    from diffusionsat.evaluation.evaluate import embedded_task_model
+
+    for task in ("superres", "temporal", "inpaint"):  # the shipped task models, or a clear error without one
+        config = EvaluationConfig(task=task, data=tmp_path, out=tmp_path / "e")
+        if embedded_task_model(task):
+            config.validate()
+        else:
+            with pytest.raises(ValueError, match=f"--task {task} needs --model"):
+                config.validate()

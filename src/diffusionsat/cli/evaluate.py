@@ -34,8 +34,8 @@ def _path(value: str | None) -> Path | None:
 @click.option("--data", required=True, help="Real held-out data: a folder of images + JSON sidecars, a .jsonl/.csv manifest, or .tar shards.")
 @click.option("--out", "out", required=True, help="Report folder (report.json, report.md, grids).")
 @click.option("--model", default=None,
-              help="Model to generate with (default for generate: the embedded model; superres/temporal/inpaint: "
-                   "a task model with controlnet/).")
+              help="Model to generate with (default: the embedded model; for superres/temporal/inpaint its shipped "
+                   "task ControlNet, or give a task model with controlnet/).")
 @click.option("--generated", default=None, help="Folder of already generated images named {key}.png after the real records.")
 @click.option("--compare", default=None, help="Second model folder or generated-images folder, reported side by side.")
 @click.option("--num-samples", type=int, default=None, help="Evaluate a seeded random subset of this many records.")

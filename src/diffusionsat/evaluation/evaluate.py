@@ -77,6 +77,13 @@ PAIRED_TASKS = ("superres", "temporal", "inpaint")
 REPORT_FILES = ("report.json", "report.md")
 
 
+def embedded_task_model(task: str) -> bool:
+    """Whether the embedded default model ships a ControlNet for ``task`` (``controlnet_<task>/``)."""
+    from ..loading import default_model_path, has_default_model
+
+    return has_default_model() and (default_model_path() / f"controlnet_{task}" / "config.json").is_file()
+
+
 @dataclass
 class EvaluationConfig:
     """Everything one evaluation run needs; :meth:`validate` checks it before any model is loaded."""
@@ -106,9 +113,10 @@ class EvaluationConfig:
             raise ValueError(f"task={self.task!r}: unknown; choose one of {', '.join(TASKS)}")
         if not Path(self.data).exists():
             raise FileNotFoundError(f"--data {str(self.data)!r} does not exist")
-        if self.model is None and self.generated is None and self.task in PAIRED_TASKS:
+        if self.model is None and self.generated is None and self.task in PAIRED_TASKS \
+                and not embedded_task_model(self.task):
             raise ValueError(f"--task {self.task} needs --model (a task model with controlnet/) or --generated DIR "
-                             "(images already generated)")
+                             f"(images already generated): the embedded model has no {self.task} ControlNet")
         if self.generated is not None and not Path(self.generated).is_dir():
             raise FileNotFoundError(f"--generated {str(self.generated)!r} is not a folder")
         if self.compare is not None and not Path(self.compare).exists():
