@@ -325,3 +325,21 @@ def test_inpaint_geojson_features_in_blocks(models, shared_data, tmp_path):
     assert np.array_equal(result[~fill], conditional.known_pixels(whole)[~fill])
     meta = sidecar(out)
     assert meta["masked_pixels"] == int(fill.sum()) > 0 and meta["blocks"]["count"] == 4
+
+
+def test_block_grid_covers_the_window_and_noise_agrees_where_blocks_overlap():
+    import torch
+
+    grid = blocks.block_grid((10, 20, 100, 37), block=32, margin=4, align=2)
+    covered = np.zeros((37, 100), int)
+    for b in grid:
+        col, row, width, height = b.core
+        covered[row - 20:row - 20 + height, col - 10:col - 10 + width] += 1
+        assert (b.read[0] - 10) % 2 == 0 and (b.read[1] - 20) % 2 == 0  # starts on the alignment
+        assert max(b.read[2], b.read[3]) <= 32 + 2 * 4
+    assert (covered == 1).all()  # the cores tile the window exactly
+    a = blocks.scene_noise(7, 3, 10, 50, 80, 80)
+    b = blocks.scene_noise(7, 3, 60, 100, 80, 80)
+    torch.testing.assert_close(a[..., 50:, 50:], b[..., :30, :30])  # the same scene noise where they overlap
+    assert not torch.equal(blocks.scene_noise(8, 3, 10, 50, 80, 80), a)
+    assert abs(float(a.std()) - 1) < 0.05
