@@ -153,6 +153,28 @@ def check_input_size(path: str | os.PathLike, window: Window | None = None,
         raise DataError(path, problem)
 
 
+def window_size(path: str | os.PathLike, window: Window | None = None) -> tuple[int, int]:
+    """(width, height) of a raster window, or of the whole raster from its header."""
+    if window is not None:
+        return window[2], window[3]
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    if not Path(path).exists():
+        raise DataError(path, "file not found")
+    try:
+        with rasterio.open(path) as src:
+            return src.width, src.height
+    except (RasterioError, OSError) as err:
+        raise DataError(path, f"not a readable raster ({str(err).splitlines()[0]})") from None
+
+
+def open_input(path: str | os.PathLike, *, bands: str | Sequence[int | str] | None = None,
+               date_pattern: str | None = None) -> RasterInfo:
+    """Open and validate a task input (georeference optional); its ``pixel_range`` is the whole scene's."""
+    return open_raster(path, bands=bands, require_georeference=False, date_pattern=date_pattern)
+
+
 def read_input(
     path: str | os.PathLike,
     *,
@@ -161,17 +183,25 @@ def read_input(
     date: str | None = None,
     date_pattern: str | None = None,
     max_pixels: int | None = DEFAULT_MAX_INPUT_PIXELS,
+    info: RasterInfo | None = None,
+    require_valid: bool = True,
 ) -> RasterInput:
     """Open, validate and read a raster (window) scaled to [0, 1], with its metadata and grid.
 
     The size is checked from the header first (:func:`check_input_size`): a scene over
     ``max_pixels`` is refused before any pixel is read.
+
+    ``info`` (from :func:`open_input`) reads a window of a raster opened once (a scene read block
+    by block): ``bands``/``date_pattern``/``max_pixels`` are then those it was opened with, and
+    every window is scaled by the same scene-level ``info.pixel_range``. ``require_valid=False``
+    accepts a window that is all nodata (its ``valid`` is all False).
     """
-    if Path(path).is_file():
-        check_input_size(path, window, max_pixels)
-    info = open_raster(path, bands=bands, require_georeference=False, date_pattern=date_pattern)
+    if info is None:
+        if Path(path).is_file():
+            check_input_size(path, window, max_pixels)
+        info = open_input(path, bands=bands, date_pattern=date_pattern)
     raw, valid = read_pixels(info, window)
-    if not valid.any():
+    if require_valid and not valid.any():
         raise DataError(info.path, "every pixel of the input (window) is nodata")
     lows, highs = (np.asarray(v, dtype=np.float32)[:, None, None] for v in info.pixel_range)
     pixels = np.clip((raw - lows) / (highs - lows), 0.0, 1.0).astype(np.float32)
@@ -270,6 +300,20 @@ def check_bands(pipe: DiffusionSatControlNetPipeline, inputs: Sequence[RasterInp
         )
 
 
+def known_pixels(image: RasterInput) -> np.ndarray:
+    """(H, W, 3) uint8 of an input as an output keeps it: the raw 8-bit values, else its [0, 1] scaling."""
+    return image.raw if image.raw is not None else to_uint8(np.moveaxis(image.pixels, 0, -1))
+
+
+def check_inpaint_input(pipe: DiffusionSatControlNetPipeline, image: RasterInput) -> None:
+    """The image must have the bands the model generates (+ the mask band for the ControlNet)."""
+    channels = pipe.unet.config.out_channels
+    if image.pixels.shape[0] != channels:
+        raise ValueError(f"{image.path.name} gives {image.pixels.shape[0]} bands; in-painting needs {channels} "
+                         f"(select them with --bands, e.g. 1,2,3)")
+    check_bands(pipe, [image], extra=1)
+
+
 def controlnet_bands(pipe: DiffusionSatControlNetPipeline) -> list[str] | None:
     """Band names the ControlNet was trained on, when its config records them."""
     bands = pipe.controlnet.config.get("conditioning_bands")
@@ -291,6 +335,14 @@ def target_metadata(base: SatMetadata, overrides: SatMetadata | None) -> SatMeta
     if any(k in changes for k in ("year", "month", "day")):
         changes = {"month": None, "day": None, **changes}
     return base.replace(**changes)
+
+
+def superres_metadata(inputs: Sequence[SatMetadata], scale: int, overrides: SatMetadata | None) -> SatMetadata:
+    """Target metadata of super-resolution: input 1's place, the latest input's date, GSD / ``scale``."""
+    latest = max(inputs, key=lambda m: (m.year or 0, m.month or 0, m.day or 0))
+    base = inputs[0].replace(year=latest.year, month=latest.month, day=latest.day, cloud_cover=None)
+    base = base.resized(1, scale) if base.gsd is not None else base
+    return target_metadata(base, overrides)
 
 
 # --- the tasks ---------------------------------------------------------------------------------------------
@@ -320,11 +372,7 @@ def superresolve(
     upsampled = F.interpolate(lowres[0].permute(1, 0, 2, 3), size=(out_h, out_w), mode="bilinear", align_corners=False)
     control = pad_to(upsampled.permute(1, 0, 2, 3)[None], pad_h, pad_w)
     control = control[:, :, 0] if len(inputs) == 1 else control
-    latest = max(inputs, key=lambda r: (r.metadata.year or 0, r.metadata.month or 0, r.metadata.day or 0))
-    base = first.metadata.replace(year=latest.metadata.year, month=latest.metadata.month, day=latest.metadata.day,
-                                  cloud_cover=None)
-    base = base.resized(1, scale) if base.gsd is not None else base
-    target = target_metadata(base, metadata)
+    target = superres_metadata([r.metadata for r in inputs], scale, metadata)
     cond_md = [r.metadata for r in inputs]
     image = run_pipeline(
         pipe, seed, prompt=prompt, control_image=control, metadata=target,
@@ -379,16 +427,24 @@ def predict_temporal(
     })
 
 
-def mask_from_raster(path: str | os.PathLike, image: RasterInput, window: Window | None = None) -> np.ndarray:
+def open_mask(path: str | os.PathLike) -> RasterInfo:
+    """Open a fill-mask raster: it must have 1 band."""
+    info = open_raster(path, bands=[1], require_georeference=False)
+    if info.count != 1:  # as the server: a 3-band mask is refused, not silently reduced to band 1
+        raise DataError(info.path, f"mask must have 1 band (non-zero = fill), got {info.count}")
+    return info
+
+
+def mask_from_raster(path: str | os.PathLike, image: RasterInput, window: Window | None = None,
+                     info: RasterInfo | None = None) -> np.ndarray:
     """A (H, W) bool fill-mask (non-zero = fill) from a 1-band raster over the image.
 
     A georeferenced mask is read over the image's footprint (it may cover the whole scene or just
     the image window) and must share its CRS and pixel grid. A mask without georeference must have
-    the image's pixel size and takes the same ``window``.
+    the image's pixel size and takes the same ``window``. ``info`` (from :func:`open_mask`) reuses
+    a mask opened once (a scene read block by block).
     """
-    info = open_raster(path, bands=[1], require_georeference=False)
-    if info.count != 1:  # as the server: a 3-band mask is refused, not silently reduced to band 1
-        raise DataError(info.path, f"mask must have 1 band (non-zero = fill), got {info.count}")
+    info = info if info is not None else open_mask(path)
     if info.georeferenced and image.georeferenced:
         if as_crs(info.crs_wkt) != as_crs(image.crs):
             raise ValueError(f"mask {info.path.name} is in {crs_label(info.crs_wkt)}, the image in {crs_label(image.crs)}")
@@ -412,13 +468,12 @@ def mask_from_raster(path: str | os.PathLike, image: RasterInput, window: Window
     return raw[0] != 0
 
 
-def mask_from_geojson(path: str | os.PathLike, image: RasterInput) -> np.ndarray:
-    """Rasterise GeoJSON features (EPSG:4326 unless the file names a CRS) onto the image's grid."""
+def geojson_shapes(path: str | os.PathLike, image: RasterInput) -> list[tuple[Any, int]]:
+    """GeoJSON features (EPSG:4326 unless the file names a CRS) in the image's CRS, ready to rasterise."""
     import json
 
     import shapely
     from pyproj import Transformer
-    from rasterio.features import rasterize
     from shapely.geometry import shape
 
     if not image.georeferenced:
@@ -439,11 +494,25 @@ def mask_from_geojson(path: str | os.PathLike, image: RasterInput) -> np.ndarray
     def project(xy: np.ndarray) -> np.ndarray:
         return np.column_stack(transformer.transform(xy[:, 0], xy[:, 1]))
 
-    shapes = [(shapely.transform(g, project), 1) for g in geoms]
+    return [(shapely.transform(g, project), 1) for g in geoms]
+
+
+def rasterize_shapes(shapes: Sequence[tuple[Any, int]], image: RasterInput) -> np.ndarray:
+    """(H, W) bool: True where a shape (from :func:`geojson_shapes`) covers a pixel centre of the image."""
+    from rasterio.features import rasterize
+
+    if not shapes:
+        return np.zeros((image.height, image.width), dtype=bool)
     mask = rasterize(shapes, out_shape=(image.height, image.width), transform=image.transform, fill=0, dtype="uint8")
+    return mask.astype(bool)
+
+
+def mask_from_geojson(path: str | os.PathLike, image: RasterInput) -> np.ndarray:
+    """Rasterise GeoJSON features (EPSG:4326 unless the file names a CRS) onto the image's grid."""
+    mask = rasterize_shapes(geojson_shapes(path, image), image)
     if not mask.any():
         raise ValueError(f"{Path(path).name}: no feature overlaps {image.path.name}")
-    return mask.astype(bool)
+    return mask
 
 
 def inpaint_raster(
@@ -461,11 +530,7 @@ def inpaint_raster(
         raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} px but the image is {image.width}x{image.height} px")
     if not mask.any():
         raise ValueError("the mask is empty: nothing to fill")
-    channels = pipe.unet.config.out_channels
-    if image.pixels.shape[0] != channels:
-        raise ValueError(f"{image.path.name} gives {image.pixels.shape[0]} bands; in-painting needs {channels} "
-                         f"(select them with --bands, e.g. 1,2,3)")
-    check_bands(pipe, [image], extra=1)
+    check_inpaint_input(pipe, image)
     pad_h, pad_w = padded_size(image.height, image.width, pipe.size_multiple)
     pixels = torch.from_numpy(image.pixels)[None]
     fill = torch.from_numpy(mask.astype(np.float32))[None, None]
@@ -474,8 +539,7 @@ def inpaint_raster(
         pipe, seed, prompt=prompt, image=pad_to(pixels, pad_h, pad_w), mask=pad_to(fill, pad_h, pad_w),
         metadata=target, cond_metadata=image.metadata, height=pad_h, width=pad_w, **sampling,
     )[:image.height, :image.width]
-    known = image.raw if image.raw is not None else to_uint8(np.moveaxis(image.pixels, 0, -1))
-    result = composite_pixels(to_uint8(out), known, mask[:, :, None])
+    result = composite_pixels(to_uint8(out), known_pixels(image), mask[:, :, None])
     return TaskResult(result, image.crs, image.transform, target, seed,
                       extra={"task_inputs": [str(image.path)], "masked_pixels": int(mask.sum())})
 

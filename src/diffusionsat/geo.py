@@ -41,6 +41,38 @@ def grid_for_center(lon: float, lat: float, gsd: float, width: int, height: int)
     return crs, Affine(gsd, 0.0, x - width * gsd / 2.0, 0.0, -gsd, y + height * gsd / 2.0)
 
 
+def geotiff_profile(
+    width: int, height: int, count: int, dtype: str, crs: CRS | str | None, transform: Affine | None,
+    *, nodata: float | None = None,
+) -> dict[str, Any]:
+    """rasterio creation options of our outputs: deflate, 256 px tiles (from 256 px up), BigTIFF when needed.
+
+    Without ``crs``/``transform`` it is a plain TIFF (no georeference).
+    """
+    import rasterio
+
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": count,
+        "dtype": dtype,
+        "compress": "deflate",
+        "BIGTIFF": "IF_SAFER",  # classic TIFF unless the file could pass 4 GiB
+    }
+    if width >= 256 and height >= 256:
+        profile.update(tiled=True, blockxsize=256, blockysize=256)
+    if crs is not None:
+        profile["crs"] = rasterio.crs.CRS.from_wkt(CRS.from_user_input(crs).to_wkt())
+    if transform is not None:
+        profile["transform"] = transform
+    if nodata is not None:
+        profile["nodata"] = nodata
+    if count in (3, 4) and dtype == "uint8":
+        profile["photometric"] = "RGB"
+    return profile
+
+
 def write_geotiff(
     path: str | os.PathLike,
     image: np.ndarray,
@@ -63,24 +95,7 @@ def write_geotiff(
     height, width, count = arr.shape
     if band_descriptions is not None and len(band_descriptions) != count:
         raise ValueError(f"{len(band_descriptions)} band descriptions for {count} bands")
-    profile: dict[str, Any] = {
-        "driver": "GTiff",
-        "width": width,
-        "height": height,
-        "count": count,
-        "dtype": arr.dtype.name,
-        "compress": "deflate",
-    }
-    if width >= 256 and height >= 256:
-        profile.update(tiled=True, blockxsize=256, blockysize=256)
-    if crs is not None:
-        profile["crs"] = rasterio.crs.CRS.from_wkt(CRS.from_user_input(crs).to_wkt())
-    if transform is not None:
-        profile["transform"] = transform
-    if nodata is not None:
-        profile["nodata"] = nodata
-    if count in (3, 4) and arr.dtype == np.uint8:
-        profile["photometric"] = "RGB"
+    profile = geotiff_profile(width, height, count, arr.dtype.name, crs, transform, nodata=nodata)
     with atomic_path(path, overwrite=overwrite) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         dst.write(np.moveaxis(arr, -1, 0))
         for i, desc in enumerate(band_descriptions or [], start=1):

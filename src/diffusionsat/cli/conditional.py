@@ -1,19 +1,29 @@
 """``diffusionsat superres | temporal | inpaint`` and ``generate --control``: ControlNet tasks.
 
 Each reads georeferenced rasters, calls one function of :mod:`diffusionsat.conditional`, and writes
-PNG + GeoTIFF (on the input's footprint) + JSON sidecar. A task model is the base model folder plus
-a ``controlnet/`` (or ``controlnet_<task>/``) subfolder (``--model``), or a separate ``--controlnet`` folder.
+PNG + GeoTIFF (on the input's footprint) + JSON sidecar. ``superres``/``inpaint`` inputs whose output
+is larger than ``--block`` pixels a side go block by block through :mod:`diffusionsat.scenes`.
+A task model is the base model folder plus a ``controlnet/`` (or ``controlnet_<task>/``) subfolder
+(``--model``), or a separate ``--controlnet`` folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import random
 from pathlib import Path
 
 import click
 
-from ..choices import CONTROL_KINDS, DEFAULT_MAX_INPUT_PIXELS
+from ..choices import (
+    BLOCK_RANGE,
+    CONTROL_KINDS,
+    DEFAULT_BLOCK,
+    DEFAULT_MAX_INPUT_PIXELS,
+    MAX_PNG_PIXELS,
+    MIN_BLOCK_INPUT,
+)
 from ..schedulers import SCHEDULERS, scheduler_name
 from . import generate as _generate  # noqa: F401  (registered first: _hook_generate adds --control to it)
 from .main import InputError, cli
@@ -32,11 +42,28 @@ def task_options(func):
         click.option("--overlap", type=int, default=None, help="Tile overlap in model pixels (default: tile/4)."),
         click.option("--out", default=None, help="Output PNG path (default: INPUT_<task>.png)."),
         click.option("--max-pixels", type=click.IntRange(64, None), default=DEFAULT_MAX_INPUT_PIXELS,
-                     show_default=True, help="Largest input (or --window) read, in pixels; checked from the header."),
+                     show_default=True, help="Largest input (or --window) processed, in pixels; checked from the header."),
     ]
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def block_option(func):
+    """``--block``: scenes whose output is larger than one block are processed block by block."""
+    return click.option(
+        "--block", type=int, default=DEFAULT_BLOCK, show_default=True,
+        help=f"Block side in output pixels, [{BLOCK_RANGE[0]}, {BLOCK_RANGE[1]}] (superres: at least "
+             f"{MIN_BLOCK_INPUT} x --scale). A larger output is made block by block: windowed reads and writes, "
+             f"overlaps blended, memory bounded by the block; over {MAX_PNG_PIXELS} output pixels no PNG is written.",
+    )(func)
+
+
+def _check_block(block: int, scale: int = 1) -> None:
+    low = max(BLOCK_RANGE[0], MIN_BLOCK_INPUT * scale)
+    if not low <= block <= BLOCK_RANGE[1]:
+        with_scale = f" with --scale {scale}" if low > BLOCK_RANGE[0] else ""
+        raise InputError(f"--block={block}: out of range; allowed [{low}, {BLOCK_RANGE[1]}] output pixels{with_scale}")
 
 
 def _check_sampling(steps: int, guidance: float, scheduler: str | None, tile: int | None, overlap: int | None) -> None:
@@ -71,6 +98,12 @@ def _load(model, checkpoint, controlnet, device, scheduler, task):
     return pipe, location
 
 
+def _describe(steps, guidance, pipe, location) -> dict:
+    """The sidecar's record of how an image was made (besides prompt, seed, metadata)."""
+    return {"steps": steps, "guidance_scale": guidance, "scheduler": scheduler_name(pipe.scheduler),
+            "model": Path(location).name if Path(location).exists() else location}
+
+
 def _write(result, out, default_stem, task, prompt, steps, guidance, pipe, location, overwrite):
     from .. import conditional as tasks
     from ..loading import model_version
@@ -78,12 +111,36 @@ def _write(result, out, default_stem, task, prompt, steps, guidance, pipe, locat
 
     paths = output_paths(out or f"{default_stem}_{task}.png", 1, geotiff=result.crs is not None)[0]
     check_outputs([paths], overwrite)
-    written = tasks.save_task_result(
-        result, paths, task=task, prompt=prompt, steps=steps, guidance_scale=guidance,
-        scheduler=scheduler_name(pipe.scheduler), model=Path(location).name if Path(location).exists() else location,
-        model_version=model_version(location), overwrite=overwrite,
-    )
+    written = tasks.save_task_result(result, paths, task=task, prompt=prompt, model_version=model_version(location),
+                                     overwrite=overwrite, **_describe(steps, guidance, pipe, location))
     click.echo(" ".join(str(p) for p in written.all()))
+
+
+def _scene_paths(out, default_stem, task, overwrite):
+    """Outputs of a block-processed scene (always with a .tif), checked before any work."""
+    from ..outputs import check_outputs, output_paths
+
+    paths = output_paths(out or f"{default_stem}_{task}.png", 1, geotiff=True)[0]
+    check_outputs([paths], overwrite)
+    return paths
+
+
+def _report_scene(done) -> None:
+    if done.png_skipped:
+        click.echo(f"note: no PNG: {done.png_skipped}; wrote the TIFF and sidecar only", err=True)
+    click.echo(" ".join(str(p) for p in done.paths))
+
+
+@contextlib.contextmanager
+def _band_hint(bands, trained):
+    """A band name the file lacks: say which bands the ControlNet was trained on."""
+    try:
+        yield
+    except ValueError as err:
+        if bands is None and trained and "not found" in str(err):
+            raise InputError(f"{err}; this ControlNet was trained on {', '.join(trained)}: pick them with --bands "
+                             "(1-based indices)") from None
+        raise
 
 
 def _overrides(lat, lon, gsd, cloud_cover, cloud_percent, date):
@@ -114,38 +171,51 @@ Examples:
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--scale", type=int, default=4, show_default=True, help="Upscaling factor, [1, 16].")
 @click.option("--reproject", is_flag=True, help="Resample inputs on another grid onto the first input's grid.")
+@block_option
 @task_options
 @metadata_options
 @sampling_options
-def superres(inputs, scale, reproject, prompt, controlnet, bands, window, tile, overlap, out, max_pixels, lat, lon, gsd,
-             cloud_cover, cloud_percent, date, seed, steps, guidance, metadata_guidance, scheduler, model, checkpoint,
+def superres(inputs, scale, reproject, block, prompt, controlnet, bands, window, tile, overlap, out, max_pixels, lat, lon,
+             gsd, cloud_cover, cloud_percent, date, seed, steps, guidance, metadata_guidance, scheduler, model, checkpoint,
              device, overwrite):
     """Super-resolve low-res raster INPUTS (one, or several dates of one place) to RGB SCALE times finer.
 
-    Large scenes are processed tile by tile with blended overlaps; the output keeps the input's
-    footprint and CRS with a GSD SCALE times finer.
+    The output keeps the input's footprint and CRS with a GSD SCALE times finer. An output larger
+    than --block pixels a side is made block by block (windowed reads and writes, blended overlaps)
+    into one GeoTIFF; inside a block the model denoises tile by tile (--tile, --overlap).
     """
     from .. import conditional as tasks
+    from .. import scenes
 
     if not 1 <= scale <= 16:
         raise InputError(f"--scale={scale}: out of range; allowed [1, 16]")
+    _check_block(block, scale)
     _check_sampling(steps, guidance, scheduler, tile, overlap)
     overrides = _overrides(lat, lon, gsd, cloud_cover, cloud_percent, date)
     parsed = tasks.parse_window(window)
     for path in inputs:  # from the headers, before any model loads
         tasks.check_input_size(path, parsed, max_pixels)
+    width, height = tasks.window_size(inputs[0], parsed)
+    scene_paths = None
+    if scenes.needs_blocks(width, height, scale, block):
+        scene_paths = _scene_paths(out, Path(inputs[0]).stem, "superres", overwrite)
     pipe, location = _load(model, checkpoint, controlnet, device, scheduler, "superres")
     trained = tasks.controlnet_bands(pipe)
     chosen = bands or (",".join(trained) if trained else None)
-    try:
+    sampling = _sampling_kwargs(steps, guidance, metadata_guidance, tile, overlap)
+    if scene_paths is not None:
+        from ..loading import model_version
+
+        with _band_hint(bands, trained):
+            done = scenes.superresolve_scene(
+                pipe, inputs, scene_paths, scale=scale, bands=chosen, window=parsed, block=block, prompt=prompt,
+                metadata=overrides, seed=_seed(seed), reproject=reproject, overwrite=overwrite,
+                describe=_describe(steps, guidance, pipe, location), model_version=model_version(location), **sampling)
+        return _report_scene(done)
+    with _band_hint(bands, trained):
         rasters = [tasks.read_input(p, bands=chosen, window=parsed, max_pixels=max_pixels) for p in inputs]
-    except ValueError as err:
-        if bands is None and trained and "not found" in str(err):
-            raise InputError(f"{err}; this ControlNet was trained on {', '.join(trained)}: pick them with --bands "
-                             "(1-based indices)") from None
-        raise
     result = tasks.superresolve(pipe, rasters, scale=scale, prompt=prompt, metadata=overrides, seed=_seed(seed),
-                                reproject=reproject, **_sampling_kwargs(steps, guidance, metadata_guidance, tile, overlap))
+                                reproject=reproject, **sampling)
     _write(result, out, Path(inputs[0]).stem, "superres", prompt, steps, guidance, pipe, location, overwrite)
 
 
@@ -215,20 +285,40 @@ Examples:
 @click.argument("image")
 @click.option("--mask", "mask_path", default=None, help="1-band raster on the image's grid; non-zero = fill.")
 @click.option("--geojson", default=None, help="GeoJSON features to fill (EPSG:4326 unless the file names a CRS).")
+@block_option
 @task_options
 @metadata_options
 @sampling_options
-def inpaint(image, mask_path, geojson, prompt, controlnet, bands, window, tile, overlap, out, max_pixels, lat, lon, gsd,
-            cloud_cover, cloud_percent, date, seed, steps, guidance, metadata_guidance, scheduler, model, checkpoint,
+def inpaint(image, mask_path, geojson, block, prompt, controlnet, bands, window, tile, overlap, out, max_pixels, lat, lon,
+            gsd, cloud_cover, cloud_percent, date, seed, steps, guidance, metadata_guidance, scheduler, model, checkpoint,
             device, overwrite):
-    """Fill the masked pixels of IMAGE; every unmasked pixel is returned exactly as read."""
+    """Fill the masked pixels of IMAGE; every unmasked pixel is returned exactly as read.
+
+    An IMAGE (window) larger than --block pixels a side is filled block by block into one GeoTIFF:
+    blocks without a masked pixel are copied through without running the model.
+    """
     from .. import conditional as tasks
+    from .. import scenes
 
     if (mask_path is None) == (geojson is None):
         raise InputError("give exactly one of --mask MASK.tif or --geojson FEATURES.geojson")
+    _check_block(block)
     _check_sampling(steps, guidance, scheduler, tile, overlap)
     overrides = _overrides(lat, lon, gsd, cloud_cover, cloud_percent, date)
     parsed = tasks.parse_window(window)
+    tasks.check_input_size(image, parsed, max_pixels)
+    width, height = tasks.window_size(image, parsed)
+    if scenes.needs_blocks(width, height, 1, block):
+        from ..loading import model_version
+
+        scene_paths = _scene_paths(out, Path(image).stem, "inpaint", overwrite)
+        pipe, location = _load(model, checkpoint, controlnet, device, scheduler, "inpaint")
+        done = scenes.inpaint_scene(
+            pipe, image, scene_paths, mask=mask_path, geojson=geojson, bands=bands, window=parsed, block=block,
+            prompt=prompt, metadata=overrides, seed=_seed(seed), overwrite=overwrite,
+            describe=_describe(steps, guidance, pipe, location), model_version=model_version(location),
+            **_sampling_kwargs(steps, guidance, metadata_guidance, tile, overlap))
+        return _report_scene(done)
     raster = tasks.read_input(image, bands=bands, window=parsed, max_pixels=max_pixels)
     if mask_path is not None:
         fill = tasks.mask_from_raster(mask_path, raster, window=parsed)
