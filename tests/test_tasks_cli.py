@@ -282,3 +282,19 @@ def test_inputs_must_share_band_count_and_grid(shared_data):
     assert aligned[1].transform == s2.transform and aligned[1].pixels.shape == s2.pixels.shape
     # resampled onto the first grid, the shifted window's pixels move back by one column
     np.testing.assert_allclose(aligned[1].pixels[:, :, 2:7], shifted.pixels[:, :, 1:6], atol=1e-5)
+
+
+def test_task_inputs_read_what_open_raster_built(shared_data):
+    """A band stack (single-band files of one scene) is an in-memory VRT: the task reader reads that,
+    not the first file, so its pixels are the stacked bands of the scene."""
+    import rasterio
+
+    from diffusionsat.conditional import read_pixels
+    from diffusionsat.data.geotiff import find_rasters, open_raster
+
+    stack = find_rasters([shared_data / "landsat8-bands"], stack_bands=True)[0]
+    info = open_raster(stack, bands="B4,B3,B2")
+    pixels, _ = read_pixels(info, (256, 256, 32, 32))
+    with rasterio.open(shared_data / "landsat8-bands/LC81070352015122LGN00_B2.tif") as src:
+        blue = src.read(1, window=((256, 288), (256, 288)))
+    assert pixels.shape == (3, 32, 32) and np.array_equal(pixels[2], blue.astype(np.float32))

@@ -101,7 +101,7 @@ def read_pixels(info: RasterInfo, window: Window | None) -> tuple[np.ndarray, np
     if col + w > info.width or row + h > info.height:
         raise DataError(info.path, f"window {window} lies outside the {info.width}x{info.height} raster")
     try:
-        with rasterio.open(info.path) as src:
+        with rasterio.open(info.dataset) as src:
             data = src.read(info.bands, window=RioWindow(col, row, w, h), masked=True)
     except (RasterioError, OSError) as err:
         raise DataError(info.path, f"cannot read pixels ({str(err).splitlines()[0]})") from None
