@@ -298,3 +298,54 @@ def test_task_inputs_read_what_open_raster_built(shared_data):
     with rasterio.open(shared_data / "landsat8-bands/LC81070352015122LGN00_B2.tif") as src:
         blue = src.read(1, window=((256, 288), (256, 288)))
     assert pixels.shape == (3, 32, 32) and np.array_equal(pixels[2], blue.astype(np.float32))
+
+
+def test_inpaint_num_samples_writes_each_sample_and_a_spread_map(models, shared_data, tmp_path):
+    """K samples (seeds SEED..SEED+K-1) + OUT_spread.png/.tif: zero where nothing was filled."""
+    image = shared_data / "naip-timeseries" / "m_4709963_se_14_1_20190904.tif"
+    window = rasterio.windows.Window(400, 300, 16, 16)
+    with rasterio.open(image) as src:
+        profile = {"driver": "GTiff", "width": 16, "height": 16, "count": 1, "dtype": "uint8", "crs": src.crs,
+                   "transform": src.window_transform(window)}
+    fill = np.zeros((16, 16), dtype=np.uint8)
+    fill[4:10, 3:12] = 1
+    with rasterio.open(tmp_path / "mask.tif", "w", **profile) as dst:
+        dst.write(fill[None])
+    out = tmp_path / "filled.png"
+    args = ["inpaint", str(image), "--mask", str(tmp_path / "mask.tif"), "--window", "400,300,16,16", "--bands", "1,2,3",
+            "--model", str(models["inpaint"]), "--out", str(out), "--steps", "2", "--seed", "5", "--guidance", "1",
+            "--num-samples", "3"]
+    assert main(args) == 0
+    samples = []
+    for k in range(3):
+        with rasterio.open(tmp_path / f"filled_{k}.tif") as dst:
+            samples.append(np.moveaxis(dst.read(), 0, -1))
+        meta = sidecar(tmp_path / f"filled_{k}.png")
+        assert meta["seed"] == 5 + k and meta["num_samples"] == 3 and meta["spread"] == "filled_spread.tif"
+    with rasterio.open(tmp_path / "filled_spread.tif") as dst:
+        spread = dst.read(1)
+        assert dst.dtypes[0] == "float32" and dst.transform == profile["transform"] and dst.crs == profile["crs"]
+        assert "3 samples" in dst.descriptions[0]
+    expected = np.stack([s.astype(np.float32) / 255 for s in samples]).std(axis=0).mean(axis=-1)
+    assert np.allclose(spread, expected, atol=1e-6)
+    assert np.all(spread[fill == 0] == 0) and spread[fill == 1].max() > 0  # guesses only where it fills
+    assert (tmp_path / "filled_spread.png").is_file()
+    # the same call again: every output exists, nothing is replaced
+    assert main(args) == 2
+
+
+def test_num_samples_out_of_range_is_an_input_error(models, shared_data, capsys, tmp_path):
+    code = main(["superres", str(shared_data / "sentinel2-slovenia" / "reference_scene_0.tif"), "--window",
+                 "0,0,16,16", "--model", str(models["superres"]), "--num-samples", "0", "--out", str(tmp_path / "x.png")])
+    assert code == 2 and "--num-samples=0: out of range; allowed [1, 16]" in capsys.readouterr().err
+
+
+def test_sample_spread_is_the_standard_deviation_across_samples():
+    from diffusionsat.conditional import sample_spread
+
+    a = np.zeros((2, 2, 3), np.uint8)
+    b = np.full((2, 2, 3), 255, np.uint8)
+    assert np.allclose(sample_spread([a, b]), 0.5)
+    assert np.allclose(sample_spread([a, a, a]), 0.0)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        sample_spread([a])

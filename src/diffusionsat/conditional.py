@@ -621,3 +621,35 @@ def save_task_result(
         paths = OutputPaths(png=paths.png, sidecar=paths.sidecar, geotiff=None)
     return save_generated(result.image, paths, record, model_version=model_version, crs=result.crs,
                           transform=result.transform, overwrite=overwrite, staging=staging)
+
+
+# --- several samples: where the model guesses ---------------------------------------------------------------
+#: The spread PNG maps a standard deviation of SPREAD_PNG_FULL (of the 0-1 pixel range) to white.
+SPREAD_PNG_FULL = 0.25
+
+
+def sample_spread(images: Sequence[np.ndarray]) -> np.ndarray:
+    """(H, W) float32 spread of K samples (H, W, 3) uint8: the per-pixel standard deviation across
+    samples in 0-1 units, averaged over the bands. 0 where every sample agrees (e.g. the unmasked
+    pixels of in-painting); large where the model had to guess."""
+    if len(images) < 2:
+        raise ValueError(f"a spread needs at least 2 samples, got {len(images)}")
+    stack = np.stack([np.asarray(im, dtype=np.float64) / 255.0 for im in images])
+    spread = stack.std(axis=0).mean(axis=-1)
+    spread[(stack == stack[:1]).all(axis=(0, -1))] = 0.0  # exactly 0 where all agree (no rounding residue)
+    return spread.astype(np.float32)
+
+
+def save_spread(spread: np.ndarray, png: Path, geotiff: Path | None, crs: Any, transform: Any, num_samples: int) -> None:
+    """The spread as an 8-bit PNG (``SPREAD_PNG_FULL`` = white) and, on the result's grid, a float32
+    GeoTIFF band holding the exact values. Paths are the staged temporary ones of ``atomic_files``."""
+    import PIL.Image
+
+    from .geo import write_geotiff
+
+    PIL.Image.fromarray(np.clip(spread / SPREAD_PNG_FULL * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L").save(
+        png, format="PNG")
+    if geotiff is not None:
+        write_geotiff(geotiff, spread, crs, transform, band_descriptions=[f"spread: std across {num_samples} samples"],
+                      tags={"diffusionsat_spread": f"per-pixel standard deviation of {num_samples} samples, 0-1 units, "
+                                                   "averaged over RGB"}, overwrite=True)

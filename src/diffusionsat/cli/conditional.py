@@ -43,10 +43,25 @@ def task_options(func):
         click.option("--out", default=None, help="Output PNG path (default: INPUT_<task>.png)."),
         click.option("--max-pixels", type=click.IntRange(64, None), default=DEFAULT_MAX_INPUT_PIXELS,
                      show_default=True, help="Largest input (or --window) processed, in pixels; checked from the header."),
+        click.option("--num-samples", type=int, default=1, show_default=True,
+                     help=f"Samples to draw, [1, {MAX_TASK_SAMPLES}] (seeds SEED, SEED+1, ...). With K > 1: OUT_0 ... "
+                          "OUT_{K-1} and OUT_spread.png/.tif, the per-pixel standard deviation across the samples "
+                          "(where the model guesses)."),
     ]
     for option in reversed(options):
         func = option(func)
     return func
+
+
+MAX_TASK_SAMPLES = 16
+
+
+def _check_num_samples(num_samples: int, blocks: bool) -> None:
+    if not 1 <= num_samples <= MAX_TASK_SAMPLES:
+        raise InputError(f"--num-samples={num_samples}: out of range; allowed [1, {MAX_TASK_SAMPLES}]")
+    if num_samples > 1 and blocks:
+        raise InputError(f"--num-samples={num_samples}: spread maps are made for outputs of one block; this scene is "
+                         "processed block by block: take a part with --window or raise --block")
 
 
 def block_option(func):
@@ -116,6 +131,35 @@ def _write(result, out, default_stem, task, prompt, steps, guidance, pipe, locat
     click.echo(" ".join(str(p) for p in written.all()))
 
 
+def _write_samples(results, out, default_stem, task, prompt, steps, guidance, pipe, location, overwrite):
+    """K results of one call + their spread map, all appearing together or not at all."""
+    from .. import conditional as tasks
+    from ..fileio import atomic_files
+    from ..loading import model_version
+    from ..outputs import check_outputs, output_paths
+
+    if len(results) == 1:
+        return _write(results[0], out, default_stem, task, prompt, steps, guidance, pipe, location, overwrite)
+    geo = results[0].crs is not None
+    paths = output_paths(out or f"{default_stem}_{task}.png", len(results), geotiff=geo)
+    base = paths[0].png.with_name(paths[0].png.name.rsplit("_", 1)[0])
+    spread_png, spread_tif = base.with_name(f"{base.name}_spread.png"), (base.with_name(f"{base.name}_spread.tif")
+                                                                         if geo else None)
+    spread_files = [spread_png] + ([spread_tif] if spread_tif else [])
+    check_outputs(paths, overwrite)
+    spread = tasks.sample_spread([r.image for r in results])
+    with atomic_files([p for op in paths for p in op.all()] + spread_files, overwrite=overwrite) as staged:
+        for k, (result, op) in enumerate(zip(results, paths)):
+            result.extra.update({"num_samples": len(results), "sample_index": k,
+                                 "spread": (spread_tif or spread_png).name,
+                                 "spread_mean": float(spread.mean()), "spread_max": float(spread.max())})
+            tasks.save_task_result(result, op, task=task, prompt=prompt, model_version=model_version(location),
+                                   overwrite=overwrite, staging=staged, **_describe(steps, guidance, pipe, location))
+        tasks.save_spread(spread, staged[spread_png], staged[spread_tif] if spread_tif else None, results[0].crs,
+                          results[0].transform, len(results))
+    click.echo(" ".join(str(p) for op in paths for p in op.all()) + " " + " ".join(str(p) for p in spread_files))
+
+
 def _scene_paths(out, default_stem, task, overwrite):
     """Outputs of a block-processed scene (always with a .tif), checked before any work."""
     from ..outputs import check_outputs, output_paths
@@ -175,8 +219,8 @@ Examples:
 @task_options
 @metadata_options
 @sampling_options
-def superres(inputs, scale, reproject, block, prompt, controlnet, bands, window, tile, overlap, out, max_pixels, lat, lon,
-             gsd, cloud_cover, cloud_percent, date, seed, steps, guidance, metadata_guidance, scheduler, model, checkpoint,
+def superres(inputs, scale, reproject, block, prompt, controlnet, bands, window, tile, overlap, out, max_pixels,
+             num_samples, lat, lon, gsd, cloud_cover, cloud_percent, date, seed, steps, guidance, metadata_guidance, scheduler, model, checkpoint,
              device, overwrite):
     """Super-resolve low-res raster INPUTS (one, or several dates of one place) to RGB SCALE times finer.
 
@@ -197,6 +241,7 @@ def superres(inputs, scale, reproject, block, prompt, controlnet, bands, window,
         tasks.check_input_size(path, parsed, max_pixels)
     width, height = tasks.window_size(inputs[0], parsed)
     scene_paths = None
+    _check_num_samples(num_samples, scenes.needs_blocks(width, height, scale, block))
     if scenes.needs_blocks(width, height, scale, block):
         scene_paths = _scene_paths(out, Path(inputs[0]).stem, "superres", overwrite)
     pipe, location = _load(model, checkpoint, controlnet, device, scheduler, "superres")
@@ -214,9 +259,10 @@ def superres(inputs, scale, reproject, block, prompt, controlnet, bands, window,
         return _report_scene(done)
     with _band_hint(bands, trained):
         rasters = [tasks.read_input(p, bands=chosen, window=parsed, max_pixels=max_pixels) for p in inputs]
-    result = tasks.superresolve(pipe, rasters, scale=scale, prompt=prompt, metadata=overrides, seed=_seed(seed),
-                                reproject=reproject, **sampling)
-    _write(result, out, Path(inputs[0]).stem, "superres", prompt, steps, guidance, pipe, location, overwrite)
+    first = _seed(seed)
+    results = [tasks.superresolve(pipe, rasters, scale=scale, prompt=prompt, metadata=overrides, seed=first + k,
+                                  reproject=reproject, **sampling) for k in range(num_samples)]
+    _write_samples(results, out, Path(inputs[0]).stem, "superres", prompt, steps, guidance, pipe, location, overwrite)
 
 
 TEMPORAL_EXAMPLES = """
@@ -241,7 +287,7 @@ Examples:
 @metadata_options
 @sampling_options
 def temporal(frames, target_date, frame_dates, date_pattern, reproject, keep_order, prompt, controlnet, bands, window, tile,
-             overlap, out, max_pixels, lat, lon, gsd, cloud_cover, cloud_percent, date, seed, steps, guidance,
+             overlap, out, max_pixels, num_samples, lat, lon, gsd, cloud_cover, cloud_percent, date, seed, steps, guidance,
              metadata_guidance, scheduler, model, checkpoint, device, overwrite):
     """Generate the image of a place at --target-date from FRAMES of it at other dates (any order).
 
@@ -258,6 +304,7 @@ def temporal(frames, target_date, frame_dates, date_pattern, reproject, keep_ord
     if len(dates) != len(frames):
         raise InputError(f"--frame-dates has {len(dates)} dates for {len(frames)} frames")
     _check_sampling(steps, guidance, scheduler, tile, overlap)
+    _check_num_samples(num_samples, blocks=False)
     overrides = _overrides(lat, lon, gsd, cloud_cover, cloud_percent, None)
     parsed = tasks.parse_window(window)
     rasters = [tasks.read_input(p, bands=bands, window=parsed, date=d, date_pattern=date_pattern, max_pixels=max_pixels)
@@ -266,10 +313,12 @@ def temporal(frames, target_date, frame_dates, date_pattern, reproject, keep_ord
     if undated:
         raise InputError(f"no date known for {undated[0]}; give --frame-dates or --date-pattern")
     pipe, location = _load(model, checkpoint, controlnet, device, scheduler, "temporal")
-    result = tasks.predict_temporal(pipe, rasters, target_date=target_date, prompt=prompt, metadata=overrides,
-                                    seed=_seed(seed), reproject=reproject, sort_frames=not keep_order,
-                                    **_sampling_kwargs(steps, guidance, metadata_guidance, tile, overlap))
-    _write(result, out, Path(frames[0]).stem, "temporal", prompt, steps, guidance, pipe, location, overwrite)
+    first = _seed(seed)
+    results = [tasks.predict_temporal(pipe, rasters, target_date=target_date, prompt=prompt, metadata=overrides,
+                                      seed=first + k, reproject=reproject, sort_frames=not keep_order,
+                                      **_sampling_kwargs(steps, guidance, metadata_guidance, tile, overlap))
+               for k in range(num_samples)]
+    _write_samples(results, out, Path(frames[0]).stem, "temporal", prompt, steps, guidance, pipe, location, overwrite)
 
 
 INPAINT_EXAMPLES = """
@@ -289,8 +338,8 @@ Examples:
 @task_options
 @metadata_options
 @sampling_options
-def inpaint(image, mask_path, geojson, block, prompt, controlnet, bands, window, tile, overlap, out, max_pixels, lat, lon,
-            gsd, cloud_cover, cloud_percent, date, seed, steps, guidance, metadata_guidance, scheduler, model, checkpoint,
+def inpaint(image, mask_path, geojson, block, prompt, controlnet, bands, window, tile, overlap, out, max_pixels,
+            num_samples, lat, lon, gsd, cloud_cover, cloud_percent, date, seed, steps, guidance, metadata_guidance, scheduler, model, checkpoint,
             device, overwrite):
     """Fill the masked pixels of IMAGE; every unmasked pixel is returned exactly as read.
 
@@ -308,6 +357,7 @@ def inpaint(image, mask_path, geojson, block, prompt, controlnet, bands, window,
     parsed = tasks.parse_window(window)
     tasks.check_input_size(image, parsed, max_pixels)
     width, height = tasks.window_size(image, parsed)
+    _check_num_samples(num_samples, scenes.needs_blocks(width, height, 1, block))
     if scenes.needs_blocks(width, height, 1, block):
         from ..loading import model_version
 
@@ -325,9 +375,11 @@ def inpaint(image, mask_path, geojson, block, prompt, controlnet, bands, window,
     else:
         fill = tasks.mask_from_geojson(geojson, raster)
     pipe, location = _load(model, checkpoint, controlnet, device, scheduler, "inpaint")
-    result = tasks.inpaint_raster(pipe, raster, fill, prompt=prompt, metadata=overrides, seed=_seed(seed),
-                                  **_sampling_kwargs(steps, guidance, metadata_guidance, tile, overlap))
-    _write(result, out, Path(image).stem, "inpaint", prompt, steps, guidance, pipe, location, overwrite)
+    first = _seed(seed)
+    results = [tasks.inpaint_raster(pipe, raster, fill, prompt=prompt, metadata=overrides, seed=first + k,
+                                    **_sampling_kwargs(steps, guidance, metadata_guidance, tile, overlap))
+               for k in range(num_samples)]
+    _write_samples(results, out, Path(image).stem, "inpaint", prompt, steps, guidance, pipe, location, overwrite)
 
 
 # --- `generate --control KIND IMAGE`: a hook on the existing generate command ------------------------
