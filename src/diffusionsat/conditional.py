@@ -215,16 +215,23 @@ def read_input(
 
 
 # --- grids -------------------------------------------------------------------------------------------
-def same_grid(a: RasterInput, b: RasterInput, tolerance: float = 1e-6) -> bool:
-    """Same CRS, size and transform (to ``tolerance`` of a pixel)."""
-    if (a.height, a.width) != (b.height, b.width) or a.georeferenced != b.georeferenced:
+def grids_equal(size_a: tuple[int, int], crs_a: Any, transform_a: Any, size_b: tuple[int, int], crs_b: Any,
+                transform_b: Any, tolerance: float = 1e-6) -> bool:
+    """Same size, CRS and transform (to ``tolerance`` of a pixel); ``crs``/``transform`` None = no georeference."""
+    geo_a, geo_b = crs_a is not None and transform_a is not None, crs_b is not None and transform_b is not None
+    if tuple(size_a) != tuple(size_b) or geo_a != geo_b:
         return False
-    if not a.georeferenced:
+    if not geo_a:
         return True
-    if as_crs(a.crs) != as_crs(b.crs):
+    if as_crs(crs_a) != as_crs(crs_b):
         return False
-    pixel = max(abs(a.transform.a), abs(a.transform.e), 1e-12)
-    return all(abs(x - y) <= tolerance * pixel for x, y in zip(tuple(a.transform)[:6], tuple(b.transform)[:6]))
+    pixel = max(abs(transform_a.a), abs(transform_a.e), 1e-12)
+    return all(abs(x - y) <= tolerance * pixel for x, y in zip(tuple(transform_a)[:6], tuple(transform_b)[:6]))
+
+
+def same_grid(a: RasterInput, b: RasterInput, tolerance: float = 1e-6) -> bool:
+    """Two read inputs on one pixel grid."""
+    return grids_equal((a.width, a.height), a.crs, a.transform, (b.width, b.height), b.crs, b.transform, tolerance)
 
 
 def reproject_to(source: RasterInput, target: RasterInput) -> RasterInput:

@@ -179,14 +179,10 @@ def _record(task: str, prompt: str, metadata: SatMetadata, seed: int, width: int
 
 def _on_grid(a: Any, b: Any, tolerance: float = 1e-6) -> bool:
     """Two opened rasters on one pixel grid (size, CRS, transform)."""
-    if (a.width, a.height) != (b.width, b.height) or a.georeferenced != b.georeferenced:
-        return False
-    if not a.georeferenced:
-        return True
-    if as_crs(a.crs_wkt) != as_crs(b.crs_wkt):
-        return False
-    pixel = max(abs(a.transform.a), abs(a.transform.e), 1e-12)
-    return all(abs(x - y) <= tolerance * pixel for x, y in zip(tuple(a.transform)[:6], tuple(b.transform)[:6]))
+    def grid(info: Any) -> tuple[Any, Any]:
+        return (info.crs_wkt, info.transform) if info.georeferenced else (None, None)
+
+    return tasks.grids_equal((a.width, a.height), *grid(a), (b.width, b.height), *grid(b), tolerance)
 
 
 def covering_window(info: Any, first: Any, read: Window) -> Window:
