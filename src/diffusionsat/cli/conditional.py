@@ -215,11 +215,14 @@ Examples:
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--scale", type=int, default=4, show_default=True, help="Upscaling factor, [1, 16].")
 @click.option("--reproject", is_flag=True, help="Resample inputs on another grid onto the first input's grid.")
+@click.option("--consistency/--no-consistency", default=True, show_default=True,
+              help="Back-project the result onto the input, so that its SCALE-times average reproduces the input's "
+                   "pixels (RGB inputs): the sensor's colours, the model's detail.")
 @block_option
 @task_options
 @metadata_options
 @sampling_options
-def superres(inputs, scale, reproject, block, prompt, controlnet, bands, window, tile, overlap, out, max_pixels,
+def superres(inputs, scale, reproject, consistency, block, prompt, controlnet, bands, window, tile, overlap, out, max_pixels,
              num_samples, lat, lon, gsd, cloud_cover, cloud_percent, date, seed, steps, guidance, metadata_guidance, scheduler, model, checkpoint,
              device, overwrite):
     """Super-resolve low-res raster INPUTS (one, or several dates of one place) to RGB SCALE times finer.
@@ -247,7 +250,7 @@ def superres(inputs, scale, reproject, block, prompt, controlnet, bands, window,
     pipe, location = _load(model, checkpoint, controlnet, device, scheduler, "superres")
     trained = tasks.controlnet_bands(pipe)
     chosen = bands or (",".join(trained) if trained else None)
-    sampling = _sampling_kwargs(steps, guidance, metadata_guidance, tile, overlap)
+    sampling = {**_sampling_kwargs(steps, guidance, metadata_guidance, tile, overlap), "consistency": consistency}
     if scene_paths is not None:
         from ..loading import model_version
 

@@ -198,10 +198,14 @@ class SuperResPairs:
     = a higher-resolution raster of the same place such as ``pan1.tif``): chips are cut on the
     high-res grid and the low-res pixels read over the same map bounds at their native resolution;
     or only ``high`` with ``factor``: the low-res input is a block-average degradation.
+
+    ``roi`` (minx, miny, maxx, maxy in the high-res raster's CRS) keeps only the chips that lie
+    wholly inside it: one scene split into a training and a held-out part with no shared pixel.
     """
 
     def __init__(self, high: str | os.PathLike, chip_size: int, *, low: str | os.PathLike | None = None,
-                 factor: int = 4, stride: int | None = None, low_bands: Any = None, bands: Any = None, **chip_kwargs: Any):
+                 factor: int = 4, stride: int | None = None, low_bands: Any = None, bands: Any = None,
+                 roi: Sequence[float] | None = None, **chip_kwargs: Any):
         self.high = open_raster(high, bands=bands)
         self.low = open_raster(low, bands=low_bands) if low is not None else None
         if self.low is not None:
@@ -216,6 +220,27 @@ class SuperResPairs:
             raise ValueError(f"chip_size={chip_size} must be divisible by the resolution factor {factor}")
         self.factor, self.chip_kwargs = factor, chip_kwargs
         self.windows = chip_windows(self.high.width, self.high.height, chip_size, stride)
+        if roi is not None:
+            self.windows = self._inside(roi, high)
+
+    def _inside(self, roi: Sequence[float], path: Any) -> list[tuple[int, int, int, int]]:
+        """The chip windows wholly inside ``roi``; an empty result is the user's mistake, said as one."""
+        from rasterio.transform import Affine
+
+        if len(roi) != 4 or not (roi[0] < roi[2] and roi[1] < roi[3]):
+            raise ValueError(f"roi={list(roi)!r}: must be [minx, miny, maxx, maxy] with minx < maxx and miny < maxy")
+        minx, miny, maxx, maxy = (float(v) for v in roi)
+        transform = Affine(*self.high.transform[:6])
+        kept = []
+        for col, row, w, h in self.windows:
+            left, bottom, right, top = geo.transform_bounds_of(transform * Affine.translation(col, row), w, h)
+            if left >= minx and right <= maxx and bottom >= miny and top <= maxy:
+                kept.append((col, row, w, h))
+        if not kept:
+            bounds = geo.transform_bounds_of(transform, self.high.width, self.high.height)
+            raise DataError(path, f"roi={list(roi)!r} holds no whole chip of the raster (bounds "
+                                  f"{[round(b, 3) for b in bounds]})")
+        return kept
 
     def __len__(self) -> int:
         return len(self.windows)

@@ -38,6 +38,11 @@ class TrainConfig:
     sr_factor: int = 4
     lowres: str | None = None
     lowres_bands: str | None = None
+    # superres: real low/high pairs beside the degraded ``data`` (each: high, low, and optionally
+    # bands, low_bands, roi [minx, miny, maxx, maxy], stride, repeat = times per epoch)
+    sr_pairs: list[dict[str, Any]] = field(default_factory=list)
+    # task: start the ControlNet from this trained one (a ControlNet folder or a run) to fine-tune it
+    controlnet_init: str | None = None
     mask_vector: str | None = None
     # model
     preset: str = "tiny"
@@ -118,6 +123,9 @@ class TrainConfig:
         need(self.task in TASKS, "task", f"must be one of {', '.join(TASKS)}")
         need(self.max_frames >= 1, "max_frames", "must be >= 1")
         need(self.sr_factor >= 2, "sr_factor", "must be >= 2")
+        self._validate_sr_pairs()
+        if self.controlnet_init is not None and self.task in ("generate",):
+            raise ValueError("controlnet_init: only for a ControlNet task (superres, temporal, inpaint, control)")
         if self.task != "generate" and self.augment:
             raise ValueError("augment: only for task=generate (a task's condition must stay aligned with its target)")
         if self.pretrained and self.task != "generate":
@@ -125,6 +133,27 @@ class TrainConfig:
         if self.preset == "sd21" and not self.pretrained:
             raise ValueError("preset='sd21' needs pretrained: a Stable-Diffusion-2.1-style diffusers folder")
         return self
+
+    def _validate_sr_pairs(self) -> None:
+        if self.sr_pairs and self.task != "superres":
+            raise ValueError(f"sr_pairs: only for task=superres (task={self.task})")
+        for n, pair in enumerate(self.sr_pairs):
+            if not isinstance(pair, dict):
+                raise ValueError(f"sr_pairs[{n}]={pair!r}: must be a mapping with high and low")
+            unknown = sorted(set(pair) - set(SR_PAIR_KEYS))
+            if unknown:
+                raise ValueError(f"sr_pairs[{n}]: unknown key(s) {', '.join(unknown)}; allowed {', '.join(SR_PAIR_KEYS)}")
+            for key in ("high", "low"):
+                if not pair.get(key):
+                    raise ValueError(f"sr_pairs[{n}].{key}: missing (the {key}-resolution raster)")
+            roi = pair.get("roi")
+            if roi is not None and (not isinstance(roi, list) or len(roi) != 4
+                                    or not all(isinstance(v, (int, float)) for v in roi)):
+                raise ValueError(f"sr_pairs[{n}].roi={roi!r}: must be [minx, miny, maxx, maxy] in the high raster's CRS")
+            for key in ("stride", "repeat"):
+                value = pair.get(key)
+                if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                    raise ValueError(f"sr_pairs[{n}].{key}={value!r}: must be an integer >= 1")
 
     def field_dropout(self) -> list[float]:
         """Per-field metadata dropout probabilities in model order."""
@@ -134,6 +163,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+SR_PAIR_KEYS = ("high", "low", "bands", "low_bands", "roi", "stride", "repeat")
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _TYPES = get_type_hints(TrainConfig)
 

@@ -45,6 +45,11 @@ def build_task_dataset(cfg: TrainConfig, resolution: int) -> Dataset:
                   for d in ucmerced]
         parts += [SuperResPairs(r, chip, low=cfg.lowres, factor=cfg.sr_factor, bands=cfg.bands,
                                 low_bands=cfg.lowres_bands, out_size=resolution) for r in rasters]
+        for pair in cfg.sr_pairs:  # real pairs, each repeated to weigh a small scene against large sets
+            real = SuperResPairs(pair["high"], chip, low=pair["low"], bands=pair.get("bands"),
+                                 low_bands=pair.get("low_bands"), roi=pair.get("roi"), stride=pair.get("stride"),
+                                 out_size=resolution)
+            parts += [real] * int(pair.get("repeat") or 1)
     elif cfg.task == "temporal":
         return TemporalSequences(cfg.data, chip, num_frames=cfg.max_frames + 1, date_pattern=cfg.date_pattern,
                                  bands=cfg.bands, every_date=cfg.temporal_every_date, out_size=resolution)
@@ -60,6 +65,38 @@ def build_task_dataset(cfg: TrainConfig, resolution: int) -> Dataset:
     else:
         raise ValueError(f"task={cfg.task!r}: choose one of {', '.join(TASKS)}")
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+
+
+def initial_controlnet(cfg: TrainConfig, channels: int) -> torch.nn.Module:
+    """The trained ControlNet ``cfg.controlnet_init`` starts from (fine-tuning), checked against the task.
+
+    ``"base"`` is the base model's own ControlNet for the task (``controlnet_<task>/``, as shipped
+    with the default model); anything else a ControlNet folder or a run with ``controlnet/``.
+    """
+    from ..loading import local_model_folder, model_layout, resolve_model
+    from ..pipelines.pipeline_controlnet import SatControlNet3D, find_controlnet_folder, load_controlnet
+
+    init = cfg.controlnet_init
+    if init == "base":
+        root = model_layout(local_model_folder(resolve_model(cfg.base_model))).root
+        folder = find_controlnet_folder(root, cfg.task)
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"controlnet_init=base: the base model {cfg.base_model!r} has no ControlNet for "
+                             f"task {cfg.task} ({folder.name}/)")
+    else:
+        folder = init
+    try:
+        net = load_controlnet(folder)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"controlnet_init={init!r}: not a loadable ControlNet ({err})") from None
+    is_3d = isinstance(net, SatControlNet3D)
+    if is_3d != (cfg.task == "temporal"):
+        raise ValueError(f"controlnet_init={init!r}: a {'3D' if is_3d else '2D'} ControlNet; task {cfg.task} "
+                         f"needs a {'3D' if cfg.task == 'temporal' else '2D'} one")
+    have = int(net.config.conditioning_channels)
+    if have != channels:
+        raise ValueError(f"controlnet_init={init!r}: takes {have} conditioning bands; the data gives {channels}")
+    return net
 
 
 def conditioning_channels(task: str, sample: dict[str, Any], out_channels: int) -> int:

@@ -75,10 +75,21 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
     for key in ("conditioning_pixel_values", "mask"):  # task samples
         if key in items[0]:
-            batch[key] = torch.stack([torch.as_tensor(it[key], dtype=torch.float32) for it in items])
+            tensors = [torch.as_tensor(it[key], dtype=torch.float32) for it in items]
+            if key == "conditioning_pixel_values" and len({t.shape for t in tensors}) > 1:
+                tensors = _common_size(tensors, tuple(batch["pixel_values"].shape[-2:]))
+            batch[key] = torch.stack(tensors)
     if "conditioning_metadata" in items[0]:
         batch["conditioning_metadata"] = [it["conditioning_metadata"] for it in items]
     return batch
+
+
+def _common_size(conditions: list[torch.Tensor], size: tuple[int, int]) -> list[torch.Tensor]:
+    """Low-res inputs of different factors (a ×2 real pair beside ×4 degradations) on the target's
+    grid, resized as the task condition is anyway (and as ``superres`` does at inference)."""
+    from ..pipelines.pipeline_controlnet import resize_condition
+
+    return [resize_condition(c[None], size)[0] if c.ndim == 3 else c for c in conditions]
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
@@ -381,9 +392,14 @@ class Trainer:
 
             channels = conditioning_channels(cfg.task, self._first_sample(), pipe.unet.config.out_channels)
             set_seed(cfg.seed)
-            modules["controlnet"] = new_task_controlnet(
-                pipe.unet, cfg.task, conditioning_channels=channels, vae_scale_factor=pipe.vae_scale_factor,
-                max_frames=cfg.max_frames)
+            if cfg.controlnet_init is not None:
+                from .tasks import initial_controlnet
+
+                modules["controlnet"] = initial_controlnet(cfg, channels)
+            else:
+                modules["controlnet"] = new_task_controlnet(
+                    pipe.unet, cfg.task, conditioning_channels=channels, vae_scale_factor=pipe.vae_scale_factor,
+                    max_frames=cfg.max_frames)
             trained = ["controlnet"]
         for name, module in modules.items():
             if module is not None:
