@@ -16,6 +16,10 @@ superres
     ``m_4709963_se_14_1_20190904.tif`` (bands 1,2,3) in 64 px chips at 5 m, ``condition`` = the 4x
     block average (16 px, 20 m, ``lowres/{key}.tif``, georeferenced). As in task training
     (``SuperResPairs``), the metadata of these pairs has no date; the sidecar's ``acquired`` says it.
+    ``spacenet``: the real 2x pair ``ms1.tif`` (WorldView multispectral, 1 m) → ``pan1.tif``
+    (panchromatic, 0.5 m), gray → gray as trained (``configs/tasks/superres-finetune.yaml``: pan band
+    1 as R=G=B, ms1's green band as the input's), 64 px chips from the eastern third of the scene
+    (x >= 593470.3 m), which training never reads (``lowres/{key}.tif``, 32 px at 1 m).
 temporal
     ``naip`` (``naip-timeseries``) and ``landsat`` (``landsat-timeseries``), bands 1,2,3, 64 px chips
     at the native GSD: the latest date is the target (held out: 2019-09-04, 2015), the three dates
@@ -58,7 +62,7 @@ logger = logging.getLogger("export_task_heldout")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TASK_SOURCES: dict[str, tuple[str, ...]] = {
-    "superres": ("ucmerced", "naip"),
+    "superres": ("ucmerced", "naip", "spacenet"),
     "temporal": ("naip", "landsat"),
     "inpaint": ("ucmerced", "spacenet"),
 }
@@ -76,6 +80,9 @@ TEMPORAL = {  # source → (folder, date pattern, scene class)
 }
 TEMPORAL_FRAMES = 3
 SPACENET = ("spacenet-samples/sample_geotiff.tif", "spacenet-samples/sample_geotiff_buildings.geojson")
+SPACENET_PAIR = ("spacenet-samples/pan1.tif", "spacenet-samples/ms1.tif")
+# the held-out eastern third of the pair (UTM 31N); training reads x < 593470.3 m only
+SPACENET_PAIR_HELDOUT_ROI = (593470.3, 5747357.0, 593571.0, 5747658.0)
 GEO_SCENES = {"naip": "naip-prairie", "landsat": "landsat-river", "spacenet": "spacenet-urban"}
 
 
@@ -221,6 +228,24 @@ def superres_naip(root: Path, out: Folder, per_class: int | None) -> None:
         out.counts["naip"] += 1
 
 
+def superres_spacenet(root: Path, out: Folder, per_class: int | None) -> None:
+    from diffusionsat.data.tasks import SuperResPairs
+
+    high, low = (root / p for p in SPACENET_PAIR)
+    pairs = SuperResPairs(high, CHIP, low=low, bands="1,1,1", low_bands="2,2,2", roi=SPACENET_PAIR_HELDOUT_ROI)
+    for i in _limited(iter(range(len(pairs))), per_class):
+        pair = pairs.pair(i)
+        if _nodata(pair.high) > MAX_NODATA:
+            out.skip("spacenet", f"more than {MAX_NODATA:.0%} nodata")
+            continue
+        key = _grid_key("spacenet-pan", pair.high)
+        rel = out.geotiff(f"lowres/{key}.tif", _uint8(pair.low, pair.low_pixel_range), pair.high, pair.low_metadata)
+        out.sidecar(rel, {"role": "condition", "metadata": pair.low_metadata.to_dict(), "source": SPACENET_PAIR[1]})
+        ref = out.geotiff(f"{key}.tif", _uint8(pair.high), pair.high)
+        out.sidecar(ref, _geo_record(pair.high, GEO_SCENES["spacenet"], SPACENET_PAIR[0], condition=[rel]))
+        out.counts["spacenet"] += 1
+
+
 # --- temporal ------------------------------------------------------------------------------------------
 def temporal_source(root: Path, out: Folder, per_class: int | None, name: str) -> None:
     from diffusionsat.data.tasks import TemporalSequences
@@ -332,8 +357,10 @@ def export(task: str, out_dir: Path, data: Path, *, sources: Iterable[str] | Non
             if task == "superres":
                 if source == "ucmerced":
                     superres_ucmerced(data, folder, per_class, ucm_crop)
-                else:
+                elif source == "naip":
                     superres_naip(data, folder, per_class)
+                else:
+                    superres_spacenet(data, folder, per_class)
             elif task == "temporal":
                 temporal_source(data, folder, per_class, source)
             elif source == "ucmerced":
@@ -346,8 +373,8 @@ def export(task: str, out_dir: Path, data: Path, *, sources: Iterable[str] | Non
         records = sum(folder.counts[s] for s in chosen)
         if records == 0:
             raise ExportError(f"no records for task {task} from {', '.join(chosen)}")
-        if task == "superres" and ucm_crop == UCM_NATIVE and {"ucmerced", "naip"} <= set(chosen):
-            logger.warning("superres: references are 256 px (UC Merced) and 64 px (NAIP); evaluate compares every "
+        if task == "superres" and ucm_crop == UCM_NATIVE and "ucmerced" in chosen and len(chosen) > 1:
+            logger.warning("superres: references are 256 px (UC Merced) and 64 px (NAIP, SpaceNet); evaluate compares every "
                            "record at one size, so score the sources separately (--sources ucmerced / naip) "
                            "or use --ucm-crop 64")
         summary = {"task": task, "sources": list(chosen), "per_class": per_class, "seed": seed,
@@ -364,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", required=True, choices=tuple(TASK_SOURCES))
     parser.add_argument("--out", required=True, type=Path, help="new (or empty) folder to write")
     parser.add_argument("--data", type=Path, default=SHARED, help="the shared data (default: ../shared/data)")
-    parser.add_argument("--sources", help="comma-separated: superres ucmerced,naip; temporal naip,landsat; "
+    parser.add_argument("--sources", help="comma-separated: superres ucmerced,naip,spacenet; temporal naip,landsat; "
                                           "inpaint ucmerced,spacenet (default: both of the task)")
     parser.add_argument("--per-class", type=int, help="at most N records per scene class (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the UC Merced in-painting boxes")

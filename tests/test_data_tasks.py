@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from diffusionsat.data import InpaintSamples, SuperResPairs, TemporalSequences, degrade, random_box_mask
+from diffusionsat.data.errors import DataError
 from diffusionsat.data.tasks import read_vector
 
 
@@ -153,3 +154,18 @@ def test_box_masked_adds_reproducible_masks():
     assert torch.equal(a[2]["mask"], b[2]["mask"]) and a[2]["mask"].shape == (1, 32, 32)
     assert 0 < float(a[2]["mask"].mean()) < 1
     assert not torch.equal(a[0]["mask"], a[1]["mask"])
+
+
+def test_superres_pairs_roi_keeps_only_chips_wholly_inside(shared_data):
+    pan, ms = shared_data / "spacenet-samples/pan1.tif", shared_data / "spacenet-samples/ms1.tif"
+    whole = SuperResPairs(pan, 64, low=ms)
+    left = whole.high.transform[2]
+    west = SuperResPairs(pan, 64, low=ms, roi=[left - 1, 0, left + 200, 1e8])  # the western 200 m
+    east = SuperResPairs(pan, 64, low=ms, roi=[left + 200, 0, left + 1e4, 1e8])
+    assert {w[0] for w in west.windows} == {0, 64, 128, 192, 256, 320}  # 384 + 64 px = 224 m > 200 m
+    assert {w[0] for w in east.windows} == {448, 512}  # from 400 px (200 m) on, whole chips only
+    assert len(west) + len(east) < len(whole)  # the straddling column is in neither split
+    with pytest.raises(DataError, match="holds no whole chip"):
+        SuperResPairs(pan, 64, low=ms, roi=[left, 0, left + 10, 1e8])
+    with pytest.raises(ValueError, match="minx < maxx"):
+        SuperResPairs(pan, 64, low=ms, roi=[left + 10, 0, left, 1e8])

@@ -58,7 +58,7 @@ def test_superres_export_pairs_references_with_their_block_average(exported):
 
     folder = exported / "superres"
     records = load_records(folder)
-    assert len(records) == UCM_CLASSES + 1
+    assert len(records) == UCM_CLASSES + 2
     _check_inputs_are_not_records(folder, records)
     by_key = {r.key: r for r in records}
     naip = by_key["naip-r000-c000"]
@@ -79,7 +79,29 @@ def test_superres_export_pairs_references_with_their_block_average(exported):
     assert with_known_metadata(png, _sidecar_metadata(ucm[0].condition[0])).metadata.gsd == pytest.approx(1.2192)
     assert ucm[0].metadata.gsd == pytest.approx(0.3048)
     summary = json.loads((folder / "export.json").read_text())
-    assert summary["counts"] == {"ucmerced": UCM_CLASSES, "naip": 1}
+    assert summary["counts"] == {"ucmerced": UCM_CLASSES, "naip": 1, "spacenet": 1}
+
+
+@pytest.mark.shared_data
+def test_superres_spacenet_pair_is_the_held_out_east_of_the_real_pan_pair(exported, script, shared_data, tmp_path):
+    import rasterio
+    import yaml
+
+    from diffusionsat.conditional import read_input
+
+    assert script.main(["--task", "superres", "--sources", "spacenet", "--out", str(tmp_path / "sn"),
+                        "--data", str(shared_data)]) == 0
+    records = load_records(tmp_path / "sn")
+    assert len(records) == 18  # 2 chip columns x 9 rows of the 600 px pan scene
+    train_roi = yaml.safe_load((SCRIPT.parents[1] / "configs/tasks/superres-finetune.yaml").read_text())["sr_pairs"][0]["roi"]
+    for rec in records:
+        with rasterio.open(rec.image) as ref:
+            assert ref.bounds.left >= script.SPACENET_PAIR_HELDOUT_ROI[0] >= train_roi[2]  # never trained on
+            assert ref.res[0] == pytest.approx(0.5, abs=1e-3) and ref.count == 3
+            gray = ref.read()
+        assert (gray[0] == gray[1]).all() and (gray[1] == gray[2]).all()  # panchromatic as R=G=B
+        low = read_input(rec.condition[0])
+        assert low.width == 32 and low.metadata.gsd == pytest.approx(1.0, abs=1e-3)  # the real 1 m sensor, x2
 
 
 @pytest.mark.shared_data

@@ -94,3 +94,63 @@ def test_ucmerced_is_refused_for_temporal(shared_data, tmp_path, tiny_model_dir)
                       base_model=str(tiny_model_dir))
     with pytest.raises(ValueError, match="UC Merced folders are not time series"):
         build_dataset(cfg)
+
+
+def test_real_sr_pairs_beside_degraded_data_and_fine_tuning_a_trained_controlnet(shared_data, tmp_path,
+                                                                                 tiny_model_dir):
+    from diffusionsat.pipelines.pipeline_controlnet import load_controlnet
+    from diffusionsat.training.tasks import build_task_dataset
+
+    pair = {"high": str(shared_data / SPACENET / "pan1.tif"), "low": str(shared_data / SPACENET / "ms1.tif"),
+            "bands": "1,1,1", "low_bands": "2,2,2", "stride": 64, "repeat": 3}
+    cfg = task_config(shared_data, tmp_path, "superres", [str(shared_data / NAIP)], base_model=str(tiny_model_dir),
+                      sr_pairs=[pair], max_samples=None)
+    data = build_task_dataset(cfg, 64)
+    naip, pan = len(data.datasets[0]), len(data.datasets[1])
+    assert len(data) == naip + 3 * pan  # the real pair (x2, 32 px inputs) repeated beside NAIP (x4, 16 px)
+    # a batch mixing both factors trains: conditions meet on the target grid
+    first = Trainer(cfg, build_dataset(cfg))
+    first_final = first.train()
+    start = load_controlnet(first_final / "controlnet").state_dict()
+    # fine-tuning starts from the given weights, not a fresh copy of the UNet (whose zero
+    # convolutions are zero): with a vanishing learning rate the result is the given ControlNet
+    tuned = task_config(shared_data, tmp_path, "superres", [str(shared_data / NAIP)], base_model=str(tiny_model_dir),
+                        controlnet_init=str(first_final / "controlnet"), output_dir=str(tmp_path / "tuned"),
+                        learning_rate=1e-12, use_ema=False)
+    after = load_controlnet(Trainer(tuned, build_dataset(tuned)).train() / "controlnet").state_dict()
+    zero_convs = [k for k in start if "controlnet_down_blocks" in k]
+    assert any(start[k].abs().sum() > 0 for k in zero_convs)
+    assert all(torch.allclose(start[k], after[k], atol=1e-6) for k in start)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"sr_pairs": [{"high": "a.tif"}]}, "sr_pairs[0].low: missing"),
+        ({"sr_pairs": [{"high": "a.tif", "low": "b.tif", "scale": 2}]}, "sr_pairs[0]: unknown key(s) scale"),
+        ({"sr_pairs": [{"high": "a.tif", "low": "b.tif", "repeat": 0}]}, "sr_pairs[0].repeat=0: must be an integer >= 1"),
+        ({"sr_pairs": [{"high": "a.tif", "low": "b.tif", "roi": [1, 2]}]}, "sr_pairs[0].roi=[1, 2]: must be"),
+        ({"task": "inpaint", "sr_pairs": [{"high": "a.tif", "low": "b.tif"}]}, "sr_pairs: only for task=superres"),
+        ({"task": "generate", "controlnet_init": "x"}, "controlnet_init: only for a ControlNet task"),
+    ],
+)
+def test_sr_pairs_and_controlnet_init_config_errors(extra, message):
+    values = {"task": "superres", "data": ["x.tif"], **extra}
+    with pytest.raises(ValueError) as err:
+        load_config(overrides=values)
+    assert message in str(err.value)
+
+
+def test_controlnet_init_must_fit_the_task(shared_data, tmp_path, tiny_model_dir):
+    from diffusionsat.models.controlnet_3d import SatControlNet3D
+
+    unet = SatUNet.from_pretrained(tiny_model_dir / "unet")
+    SatControlNet3D.from_unet(unet, conditioning_channels=3, max_frames=2).save_pretrained(tmp_path / "cn3d")
+    cfg = task_config(shared_data, tmp_path, "superres", [str(shared_data / NAIP)], base_model=str(tiny_model_dir),
+                      controlnet_init=str(tmp_path / "cn3d"))
+    with pytest.raises(ValueError, match="a 3D ControlNet; task superres needs a 2D one"):
+        Trainer(cfg, build_dataset(cfg)).train()
+    cfg = task_config(shared_data, tmp_path, "superres", [str(shared_data / NAIP)], base_model=str(tiny_model_dir),
+                      controlnet_init="base")
+    with pytest.raises(ValueError, match="has no ControlNet for task superres"):
+        Trainer(cfg, build_dataset(cfg)).train()
