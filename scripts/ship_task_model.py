@@ -7,7 +7,8 @@ The run's final model (``RUN/model``: the frozen base + ``controlnet/``, EMA wei
 trained on the embedded default model: its UNet must equal the shipped one bit for bit, so only the
 ControlNet (about 8 MB) is shipped, as ``assets/default-model/controlnet_<task>/``. The task
 commands then find it with no ``--model`` (``find_controlnet_folder``). The folder is replaced
-whole or not at all; its MODEL_CARD.md is written separately (docs/task-models.md has the numbers).
+whole or not at all; its MODEL_CARD.md is kept (written separately). A fine-tuning run
+(``controlnet_init: base``) records the shipped ControlNet it started from in ``training.json``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def ship(task: str, run: Path, base: Path) -> Path:
     card = target / "MODEL_CARD.md"
     keep_card = card.read_text(encoding="utf-8") if card.is_file() else None
     training = json.loads((model / "training.json").read_text(encoding="utf-8")) if (model / "training.json").is_file() else {}
+    shipped = target / "training.json"
+    previous = json.loads(shipped.read_text(encoding="utf-8")) if shipped.is_file() else None
     with atomic_dir(target, overwrite=True) as tmp:
         for name in ("config.json", "diffusion_pytorch_model.safetensors"):
             shutil.copyfile(controlnet / name, tmp / name)
@@ -54,6 +57,12 @@ def ship(task: str, run: Path, base: Path) -> Path:
             summary = {"task": task, "steps": state.get("global_step"), "samples_seen": state.get("samples_seen"),
                        "batch_size": cfg.get("batch_size"), "learning_rate": cfg.get("learning_rate"),
                        "data": cfg.get("data"), "seed": cfg.get("seed")}
+            if cfg.get("sr_pairs"):
+                summary["sr_pairs"] = cfg["sr_pairs"]
+            if cfg.get("controlnet_init"):  # a fine-tuning stage: keep the lineage of what it started from
+                summary["controlnet_init"] = cfg["controlnet_init"]
+                if cfg["controlnet_init"] == "base" and previous is not None:
+                    summary["started_from"] = previous
             (tmp / "training.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         if keep_card is not None:
             (tmp / "MODEL_CARD.md").write_text(keep_card, encoding="utf-8")
