@@ -141,6 +141,13 @@ def test_info_lists_the_task_controlnets_of_a_model(tiny_model_dir, capsys):
     assert main(["info", "--model", str(tiny_model_dir)]) == 0
     out = capsys.readouterr().out
     assert "task models (used by these commands with no --model): superres (controlnet_superres/), inpaint" in out
+    (tiny_model_dir / "controlnet_inpaint" / "MODEL_CARD.md").write_text("# In-painting card\n")
+    assert main(["info", "--model", str(tiny_model_dir), "--task", "inpaint"]) == 0
+    assert "# In-painting card" in capsys.readouterr().out
+    assert main(["info", "--model", str(tiny_model_dir), "--task", "superres"]) == 0
+    assert "(controlnet_superres/ has no MODEL_CARD.md)" in capsys.readouterr().out
+    assert main(["info", "--model", str(tiny_model_dir), "--task", "temporal"]) == 2
+    assert "this model has no temporal ControlNet (it has: superres, inpaint)" in capsys.readouterr().err
     for task in ("superres", "inpaint"):
         shutil.rmtree(tiny_model_dir / f"controlnet_{task}")
     assert main(["info", "--model", str(tiny_model_dir)]) == 0

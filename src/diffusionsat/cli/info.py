@@ -33,7 +33,9 @@ def task_controlnets(location: str) -> dict[str, Path]:
 
 @cli.command()
 @click.option("--model", default=None, help="Model folder (default: the embedded model).")
-def info(model):
+@click.option("--task", type=click.Choice(["superres", "temporal", "inpaint"]), default=None,
+              help="Show the card of the model's task ControlNet instead (data, hold-out, metrics vs baselines).")
+def info(model, task):
     """Show versions, the compute device and the model card of the (default) model."""
     import diffusers
     import torch
@@ -50,8 +52,16 @@ def info(model):
     location = resolve_model(model)
     click.echo(f"model: {describe_model(location)}  version {model_version(location)}")
     tasks = task_controlnets(location)
+    if task is not None:
+        if task not in tasks:
+            raise click.UsageError(f"--task {task}: this model has no {task} ControlNet "
+                                   f"(it has: {', '.join(tasks) or 'none'})")
+        card = read_model_card(tasks[task])
+        click.echo(card if card else f"({tasks[task].name}/ has no MODEL_CARD.md)")
+        return
     if tasks:
         click.echo("task models (used by these commands with no --model): "
-                   + ", ".join(f"{task} ({folder.name}/)" for task, folder in tasks.items()))
+                   + ", ".join(f"{name} ({folder.name}/)" for name, folder in tasks.items())
+                   + "; their cards: diffusionsat info --task TASK")
     card = read_model_card(location)
     click.echo(card if card else "(this model folder has no MODEL_CARD.md)")
