@@ -50,8 +50,10 @@ def ship(task: str, run: Path, base: Path) -> Path:
     shipped = target / "training.json"
     previous = json.loads(shipped.read_text(encoding="utf-8")) if shipped.is_file() else None
     with atomic_dir(target, overwrite=True) as tmp:
-        for name in ("config.json", "diffusion_pytorch_model.safetensors"):
-            shutil.copyfile(controlnet / name, tmp / name)
+        shutil.copyfile(controlnet / "diffusion_pytorch_model.safetensors", tmp / "diffusion_pytorch_model.safetensors")
+        config = json.loads((controlnet / "config.json").read_text(encoding="utf-8"))
+        config.pop("_name_or_path", None)  # where a fine-tuning run loaded it from: a path on the training machine
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         if training:
             state, cfg = training.get("state", {}), training.get("config", {})
             summary = {"task": task, "steps": state.get("global_step"), "samples_seen": state.get("samples_seen"),
