@@ -35,6 +35,9 @@ def task_config(shared_data, tmp_path, task, data, **extra):
         ("superres", [SPACENET + "pan1.tif"], {"bands": "1,1,1", "lowres": "SHARED/" + SPACENET + "ms1.tif"},
          "SatControlNet"),
         ("control", [NAIP], {}, "SatControlNet"),
+        ("control", [SPACENET + "sample_geotiff.tif"],  # building footprints → image (segmentation pairs)
+         {"bands": "1,1,1", "control_kind": "mask",
+          "mask_vector": "SHARED/" + SPACENET + "sample_geotiff_buildings.geojson"}, "SatControlNet"),
         ("superres", ["ucmerced", NAIP], {"sr_factor": 4}, "SatControlNet"),  # UCM: native tiles vs 4x average
         ("inpaint", ["ucmerced", NAIP], {}, "SatControlNet"),  # UCM: random boxes
         ("temporal", [NAIP_DIR], {"max_frames": 2, "date_pattern": "*_{YYYYMMDD}.tif", "temporal_every_date": True},
@@ -132,6 +135,9 @@ def test_real_sr_pairs_beside_degraded_data_and_fine_tuning_a_trained_controlnet
         ({"sr_pairs": [{"high": "a.tif", "low": "b.tif", "roi": [1, 2]}]}, "sr_pairs[0].roi=[1, 2]: must be"),
         ({"task": "inpaint", "sr_pairs": [{"high": "a.tif", "low": "b.tif"}]}, "sr_pairs: only for task=superres"),
         ({"task": "generate", "controlnet_init": "x"}, "controlnet_init: only for a ControlNet task"),
+        ({"task": "control", "control_kind": "mask"}, "control_kind='mask': needs mask_vector"),
+        ({"task": "control", "control_kind": "roads"}, "control_kind='roads': must be one of road, mask, edges"),
+        ({"task": "inpaint", "control_kind": "mask", "mask_vector": "b.geojson"}, "control_kind='mask': only for task=control"),
     ],
 )
 def test_sr_pairs_and_controlnet_init_config_errors(extra, message):
@@ -154,3 +160,23 @@ def test_controlnet_init_must_fit_the_task(shared_data, tmp_path, tiny_model_dir
                       controlnet_init="base")
     with pytest.raises(ValueError, match="has no ControlNet for task superres"):
         Trainer(cfg, build_dataset(cfg)).train()
+
+
+def test_mask_control_condition_is_the_rasterised_footprints(shared_data, tmp_path, tiny_model_dir):
+    """task=control, control_kind=mask: the ControlNet sees each chip's footprints (as ``generate
+    --control mask`` gives them: 1 band repeated to 3), not edges of the target image."""
+    from diffusionsat.training.tasks import task_condition
+
+    cfg = task_config(shared_data, tmp_path, "control", [str(shared_data / SPACENET / "sample_geotiff.tif")],
+                      base_model=str(tiny_model_dir), bands="1,1,1", control_kind="mask",
+                      mask_vector=str(shared_data / SPACENET / "sample_geotiff_buildings.geojson"))
+    dataset = build_dataset(cfg)
+    samples = [dataset[i] for i in range(len(dataset))]
+    covered = [s for s in samples if 0 < s["mask"].mean() < 1]
+    assert covered, "some chips of the SpaceNet scene hold buildings"
+    batch = {"mask": torch.stack([s["mask"] for s in covered[:2]])}
+    pixels = torch.stack([s["pixel_values"] for s in covered[:2]])
+    cond = task_condition("control", batch, pixels, tuple(pixels.shape[-2:]), "mask")
+    assert cond.shape == (len(batch["mask"]), 3, *pixels.shape[-2:])
+    assert torch.equal(cond[:, 0], batch["mask"][:, 0]) and torch.equal(cond[:, 1], cond[:, 2])
+    assert not torch.equal(cond, task_condition("control", batch, pixels, tuple(pixels.shape[-2:])))

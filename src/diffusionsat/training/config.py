@@ -43,7 +43,11 @@ class TrainConfig:
     sr_pairs: list[dict[str, Any]] = field(default_factory=list)
     # task: start the ControlNet from this trained one (a ControlNet folder or a run) to fine-tune it
     controlnet_init: str | None = None
+    # inpaint: building footprints etc. as holes; control with control_kind mask/road: the map to draw from
     mask_vector: str | None = None
+    # control: what steers generation, as ``generate --control KIND`` reads it: edges of the target
+    # image, or a mask/road map rasterised from ``mask_vector`` onto each chip (masks → image pairs)
+    control_kind: str = "edges"
     # model
     preset: str = "tiny"
     pretrained: str | None = None
@@ -124,6 +128,14 @@ class TrainConfig:
         need(self.max_frames >= 1, "max_frames", "must be >= 1")
         need(self.sr_factor >= 2, "sr_factor", "must be >= 2")
         self._validate_sr_pairs()
+        from ..choices import CONTROL_KINDS
+
+        need(self.control_kind in CONTROL_KINDS, "control_kind", f"must be one of {', '.join(CONTROL_KINDS)}")
+        if self.control_kind != "edges" and self.task != "control":
+            raise ValueError(f"control_kind={self.control_kind!r}: only for task=control (task={self.task})")
+        if self.task == "control" and self.control_kind != "edges" and not self.mask_vector:
+            raise ValueError(f"control_kind={self.control_kind!r}: needs mask_vector, the vector file whose "
+                             "features are rasterised onto each chip as the map (e.g. building footprints)")
         if self.controlnet_init is not None and self.task in ("generate",):
             raise ValueError("controlnet_init: only for a ControlNet task (superres, temporal, inpaint, control)")
         if self.task != "generate" and self.augment:

@@ -58,6 +58,8 @@ def build_task_dataset(cfg: TrainConfig, resolution: int) -> Dataset:
         if rasters:
             parts.append(InpaintSamples(rasters, chip, vector=cfg.mask_vector, bands=cfg.bands, seed=cfg.seed,
                                         out_size=resolution))
+    elif cfg.task == "control" and cfg.control_kind != "edges":  # the map is rasterised from a vector file
+        return InpaintSamples(rasters, chip, vector=cfg.mask_vector, bands=cfg.bands, seed=cfg.seed, out_size=resolution)
     elif cfg.task == "control":
         return GeoTiffChips(cfg.data, chip_size=chip, resize_to=resolution, bands=cfg.bands,
                             date_pattern=cfg.date_pattern, max_nodata=cfg.max_nodata, on_error="skip",
@@ -110,10 +112,13 @@ def conditioning_channels(task: str, sample: dict[str, Any], out_channels: int) 
     return 3
 
 
-def task_condition(task: str, batch: dict[str, Any], pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def task_condition(task: str, batch: dict[str, Any], pixels: torch.Tensor, size: tuple[int, int],
+                   control_kind: str = "edges") -> torch.Tensor:
     """The ControlNet input of a batch, in [0, 1], as the task pipelines build it at inference.
 
-    ``pixels`` are the (possibly augmented) targets in [-1, 1]; ``size`` the model-space size.
+    ``pixels`` are the (possibly augmented) targets in [-1, 1]; ``size`` the model-space size;
+    ``control_kind`` (task control): ``edges`` of the targets, or the batch's ``mask`` (mask/road
+    maps), repeated to 3 bands as ``generate --control`` repeats a 1-band map.
     """
     from ..conditional import edge_map
     from ..pipelines.pipeline_controlnet import inpaint_condition, resize_condition
@@ -128,6 +133,8 @@ def task_condition(task: str, batch: dict[str, Any], pixels: torch.Tensor, size:
     if task == "inpaint":
         mask = batch["mask"].to(device)
         return resize_condition(inpaint_condition((pixels + 1) / 2, mask), size)
+    if task == "control" and control_kind != "edges":
+        return resize_condition((batch["mask"].to(device) > 0.5).float().repeat(1, 3, 1, 1), size)
     if task == "control":
         edges = torch.stack([torch.from_numpy(edge_map(((p + 1) / 2).cpu().numpy())) for p in pixels])
         return resize_condition(edges.to(device).repeat(1, 3, 1, 1), size)

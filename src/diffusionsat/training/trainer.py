@@ -277,7 +277,7 @@ class Trainer:
         from ..pipelines.pipeline_controlnet import controlnet_noise_pred
         from .tasks import conditioning_metadata, task_condition
 
-        control = task_condition(self.cfg.task, batch, pixels, tuple(noisy.shape[-2:]))
+        control = task_condition(self.cfg.task, batch, pixels, tuple(noisy.shape[-2:]), self.cfg.control_kind)
         frames = conditioning_metadata(self.cfg.task, batch)
         cond_md = None
         if frames is not None:
