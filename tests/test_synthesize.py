@@ -314,3 +314,123 @@ def _members_by_key(folder: Path) -> dict[str, dict[str, bytes]]:
     from diffusionsat.data.shards import iter_tar_samples
 
     return {k: e for shard in sorted(folder.glob("shard-*.tar")) for k, e in iter_tar_samples(str(shard))}
+
+
+# --- control maps (masks → image: segmentation pairs) ---------------------------------------------
+
+
+def write_masks(folder: Path, size: int = 16) -> list[np.ndarray]:
+    """Two binary building-style masks (0/255 PNGs): what a user's label rasters look like."""
+    import PIL.Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    masks = [np.zeros((size, size), np.uint8), np.zeros((size, size), np.uint8)]
+    masks[0][2:7, 3:12] = 255
+    masks[1][8:15, 1:6] = 255
+    masks[1][1:4, 10:14] = 255
+    for i, m in enumerate(masks):
+        PIL.Image.fromarray(m).save(folder / f"tile_{i}.png")
+    return masks
+
+
+@pytest.fixture(scope="module")
+def control_model(tiny_model, tmp_path_factory) -> Path:
+    """The tiny model with a (random) mask ControlNet in ``controlnet_control/``."""
+    import shutil
+
+    from diffusionsat.pipelines.pipeline_controlnet import new_task_controlnet
+    from diffusionsat.pipelines.pipeline_diffusionsat import DiffusionSatPipeline
+
+    folder = tmp_path_factory.mktemp("control") / "tiny"
+    shutil.copytree(tiny_model, folder)
+    unet = DiffusionSatPipeline.from_pretrained(folder).unet
+    new_task_controlnet(unet, "control").save_pretrained(folder / "controlnet_control")
+    return folder
+
+
+def control_spec(tmp_path: Path) -> dict:
+    write_masks(tmp_path / "masks")
+    return {"images_per_class": 3, "steps": 1, "batch_size": 4, "shard_size": 4, "seed": 5,
+            "classes": {"buildings": {"words": "buildings", "control": {"kind": "mask", "files": "masks"}},
+                        "harbor": {"images": 2}}}
+
+
+def test_control_maps_make_image_mask_pairs(control_model, tmp_path):
+    from diffusionsat.data.shards import ShardDataset
+
+    masks = write_masks(tmp_path / "masks")
+    spec_path = write_spec(tmp_path / "spec.yaml", control_spec(tmp_path))
+    spec = load_spec(spec_path)
+    assert spec.classes[0].control.size == (16, 16) and len(spec.classes[0].control.files) == 2
+    assert main(["synthesize", "--spec", str(spec_path), "--out", str(tmp_path / "out"), "--model",
+                 str(control_model), "--no-progress"]) == 0
+    samples = {s["key"]: s for s in ShardDataset(tmp_path / "out", rank=0, world_size=1)}
+    assert sorted(samples) == sorted(s.key for s in sample_list(spec))
+    for i in range(3):  # sample i of the class is steered by map i % 2, written beside it
+        sample = samples[f"buildings-{i:06d}"]
+        assert torch_equal(sample["mask"][0], masks[i % 2] > 0)
+        assert tuple(sample["pixel_values"].shape) == (3, 16, 16)
+        assert sample["record"]["control"]["file"] == f"tile_{i % 2}.png"
+        assert sample["record"]["control"]["controlnet"].startswith("tiny/controlnet_control@")
+    assert "mask" not in samples["harbor-000000"]
+    rows = {r["key"]: r for r in map(json.loads, (tmp_path / "out" / "manifest.jsonl").read_text().splitlines())}
+    assert rows["buildings-000001"]["mask"] == "buildings-000001.mask.png" and "mask" not in rows["harbor-000001"]
+    # the same spec and maps again (mixed batches: plain and controlled samples) → the same bytes
+    assert main(["synthesize", "--spec", str(spec_path), "--out", str(tmp_path / "again"), "--model",
+                 str(control_model), "--no-progress"]) == 0
+    assert_same_output(tmp_path / "out", tmp_path / "again")
+    # other maps under the same names are another spec's data: refused, nothing touched
+    import PIL.Image
+
+    PIL.Image.fromarray(np.full((16, 16), 255, np.uint8)).save(tmp_path / "masks" / "tile_0.png")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    assert main(["synthesize", "--spec", str(spec_path), "--out", str(tmp_path / "out"), "--model",
+                 str(control_model)]) == 2
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+
+
+def torch_equal(tensor, array) -> bool:
+    return bool((tensor.numpy() > 0.5).tolist() == np.asarray(array).tolist())
+
+
+def test_control_needs_a_controlnet_and_controlnet_needs_control(tiny_model, control_model, tmp_path, capsys):
+    spec_path = write_spec(tmp_path / "spec.yaml", control_spec(tmp_path))
+    assert main(["synthesize", "--spec", str(spec_path), "--out", str(tmp_path / "a"), "--model", str(tiny_model)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds no ControlNet: pass --controlnet PATH" in err[0]
+    plain = write_spec(tmp_path / "plain.yaml", SMALL)
+    assert main(["synthesize", "--spec", str(plain), "--out", str(tmp_path / "b"), "--model", str(tiny_model),
+                 "--controlnet", str(control_model / "controlnet_control")]) == 2
+    assert "no class of the spec has control maps" in capsys.readouterr().err
+    # an explicit --controlnet on a model without one
+    assert main(["synthesize", "--spec", str(spec_path), "--out", str(tmp_path / "c"), "--model", str(tiny_model),
+                 "--controlnet", str(control_model / "controlnet_control"), "--no-progress"]) == 0
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_bad_control_specs(tmp_path):
+    import PIL.Image
+
+    write_masks(tmp_path / "masks")
+    write_masks(tmp_path / "big", size=24)
+    (tmp_path / "rgb").mkdir()
+    PIL.Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "rgb" / "x.png")
+    (tmp_path / "empty").mkdir()
+
+    def fails(control, message, **top):
+        data = {"images_per_class": 2, **top, "classes": {"buildings": {"words": "buildings", "control": control}}}
+        with pytest.raises(SpecError) as err:
+            parse_spec(data, base_dir=tmp_path)
+        assert message in str(err.value), str(err.value)
+
+    fails({"kind": "edges", "files": "masks"}, "classes.buildings.control.kind='edges': choose one of mask, road")
+    fails({"files": "nowhere"}, "classes.buildings.control.files: ")
+    fails({"files": "empty"}, "no map files")
+    fails({"kind": "mask"}, "classes.buildings.control.files: missing")
+    fails({"files": "masks", "colour": 1}, "classes.buildings.control.colour: unknown key")
+    fails({"files": "rgb"}, "x.png has 3 bands; a mask map has 1")
+    fails({"files": ["masks/tile_0.png", "big/tile_1.png"]}, "the maps of a class share one size")
+    fails({"files": "masks/*.png"}, "the maps are 16x16 px but size=32", size=32)
+    spec = parse_spec({"images_per_class": 2, "classes": {"roads": {"words": "roads", "control": {
+        "kind": "road", "files": "masks/*.png"}}}}, base_dir=tmp_path)
+    assert [s.control_kind for s in sample_list(spec)] == ["road", "road"]

@@ -41,10 +41,14 @@ SPEC_VERSION = 1
 DEFAULT_PROMPT = "a satellite image of {class} in {country} at {scale}"
 TOP_KEYS = ("version", "prompt", "negative_prompt", "fields", "images_per_class", "seed", "size", "steps",
             "guidance", "metadata_guidance", "scheduler", "batch_size", "shard_size", "metadata", "classes")
-CLASS_KEYS = ("words", "prompt", "images", "metadata")
+CLASS_KEYS = ("words", "prompt", "images", "metadata", "control")
+CONTROL_KEYS = ("kind", "files")
+SYNTH_CONTROL_KINDS = ("mask", "road")  # maps that label the image they steer: segmentation pairs
+MAP_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 METADATA_KEYS = ("lat", "lon", "polygon", "date", "gsd", "cloud_cover", "cloud_percent")
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_\-]+")
 SPEC_FILE, MANIFEST_FILE, SUMMARY_FILE = "spec.json", "manifest.jsonl", "summary.json"
+IDENTITY_KEYS = ("digest", "model_version", "controlnet")  # what makes a folder this spec's data
 
 
 class SpecError(ValueError):
@@ -210,12 +214,93 @@ class MetadataRanges:
 
 
 @dataclass(frozen=True)
+class ControlSpec:
+    """A class's control maps (masks → image): sample ``i`` of the class is steered by ``files[i % n]``.
+
+    ``sha256`` covers the maps' bytes, so a folder made from other maps is another spec's data.
+    """
+
+    kind: str
+    pattern: str  # as written in the spec (a folder, a glob or a list), for the record
+    files: tuple[str, ...]
+    size: tuple[int, int]  # (height, width) of every map: the size of the class's images
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "files": self.pattern, "count": len(self.files), "size": list(self.size),
+                "sha256": self.sha256}
+
+
+def _control_files(value: Any, base_dir: Path, where: str) -> tuple[str, list[Path]]:
+    """A folder (its rasters/images), a glob, or a list of files; relative to the spec's folder."""
+    import glob as _glob
+
+    entries = value if isinstance(value, (list, tuple)) else [value]
+    if not entries or not all(isinstance(e, str) and e.strip() for e in entries):
+        raise SpecError(f"{where}: give a folder, a glob (masks/*.tif) or a list of files")
+    files: list[Path] = []
+    for entry in entries:
+        path = Path(entry).expanduser()
+        path = path if path.is_absolute() else base_dir / path
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in MAP_SUFFIXES)
+        elif any(c in entry for c in "*?["):
+            found = sorted(Path(p) for p in _glob.glob(str(path)) if Path(p).is_file())
+        else:
+            found = [path] if path.is_file() else []
+            if not found:
+                raise SpecError(f"{where}: {str(path)!r} not found")
+        if not found:
+            raise SpecError(f"{where}: no map files ({', '.join(MAP_SUFFIXES)}) in {str(path)!r}")
+        files += found
+    pattern = " ".join(entries) if len(entries) > 1 else entries[0]
+    return pattern, files
+
+
+def parse_control(data: Any, base_dir: Path, where: str) -> ControlSpec:
+    """Validate a class's ``control``: kind, readable 1-band maps, all of one size."""
+    from .conditional import open_input
+
+    if not isinstance(data, Mapping):
+        raise SpecError(f"{where}: must be a mapping of {', '.join(CONTROL_KEYS)}")
+    bad = [k for k in data if k not in CONTROL_KEYS]
+    if bad:
+        raise SpecError(f"{where}.{bad[0]}: unknown key; allowed {', '.join(CONTROL_KEYS)}")
+    kind = data.get("kind", "mask")
+    if kind not in SYNTH_CONTROL_KINDS:
+        raise SpecError(f"{where}.kind={kind!r}: choose one of {', '.join(SYNTH_CONTROL_KINDS)} "
+                        "(maps that label the image: segmentation pairs)")
+    if "files" not in data:
+        raise SpecError(f"{where}.files: missing; give a folder, a glob or a list of {kind} maps")
+    pattern, files = _control_files(data["files"], base_dir, f"{where}.files")
+    digest, size = hashlib.sha256(), None
+    for path in files:
+        try:
+            info = open_input(path)
+        except (OSError, ValueError) as err:
+            raise SpecError(f"{where}.files: {path.name}: not a readable raster/image ({str(err).splitlines()[0]})") \
+                from None
+        if info.count != 1:
+            raise SpecError(f"{where}.files: {path.name} has {info.count} bands; a {kind} map has 1 (0 = background)")
+        if size is None:
+            size = (info.height, info.width)
+        elif (info.height, info.width) != size:
+            raise SpecError(f"{where}.files: {path.name} is {info.width}x{info.height} px, {files[0].name} "
+                            f"{size[1]}x{size[0]}; the maps of a class share one size")
+        if min(size) < 8:
+            raise SpecError(f"{where}.files: {path.name} is {info.width}x{info.height} px; maps need at least 8x8")
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return ControlSpec(str(kind), pattern, tuple(str(p) for p in files), size, digest.hexdigest()[:16])  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
 class ClassSpec:
     key: str
     words: str
     prompt: str
     images: int
     metadata: MetadataRanges
+    control: ControlSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -241,11 +326,17 @@ class SynthSpec:
             "negative_prompt": self.negative_prompt, "fields": dict(self.fields), "batch_size": self.batch_size,
             "shard_size": self.shard_size,
             "classes": [{"key": c.key, "words": c.words, "prompt": c.prompt, "images": c.images,
-                         "metadata": c.metadata.to_dict()} for c in self.classes],
+                         "metadata": c.metadata.to_dict(), **({"control": c.control.to_dict()} if c.control else {})}
+                        for c in self.classes],
         }
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def controlled(self) -> bool:
+        """Whether some class is steered by control maps (needs a ControlNet)."""
+        return any(c.control is not None for c in self.classes)
 
     @property
     def num_samples(self) -> int:
@@ -286,8 +377,11 @@ def _check_prompt(prompt: Any, where: str) -> str:
     return prompt
 
 
-def parse_spec(data: Any, source: str = "spec") -> SynthSpec:
-    """Validate a spec mapping (as loaded from YAML); every error is one line naming the field."""
+def parse_spec(data: Any, source: str = "spec", base_dir: str | os.PathLike | None = None) -> SynthSpec:
+    """Validate a spec mapping (as loaded from YAML); every error is one line naming the field.
+
+    ``base_dir``: where relative control-map paths start (the spec file's folder; default: here).
+    """
     from .data.ucmerced import CLASS_WORDS
     from .schedulers import SCHEDULERS
 
@@ -343,8 +437,14 @@ def parse_spec(data: Any, source: str = "spec") -> SynthSpec:
                 else None
             if images is None:
                 raise SpecError(f"{where}: no image count; set images_per_class or the class's images")
+            control = parse_control(entry["control"], Path(base_dir or "."), f"{where}.control") \
+                if entry.get("control") is not None else None
+            if control is not None and size is not None and control.size != (size, size):
+                raise SpecError(f"{where}.control: the maps are {control.size[1]}x{control.size[0]} px but size={size}; "
+                                "a controlled image has its map's size (drop size or use maps of that size)")
             classes.append(ClassSpec(key, str(words or key), _check_prompt(class_prompt, f"{where}.prompt"), images,
-                                     MetadataRanges.parse(entry.get("metadata"), f"{where}.metadata", base_meta)))
+                                     MetadataRanges.parse(entry.get("metadata"), f"{where}.metadata", base_meta),
+                                     control))
         return SynthSpec(
             classes=tuple(classes), seed=_int(data, "seed", 0, 0, 2**62, ""), size=size,
             steps=_int(data, "steps", 25, 1, 1000, ""), guidance=_float(data, "guidance", 3.0, 0.0, 50.0),
@@ -367,7 +467,7 @@ def load_spec(path: str | os.PathLike) -> SynthSpec:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise SpecError(f"{path}: not readable YAML ({str(err).splitlines()[0]})") from None
-    return parse_spec(data, str(path))
+    return parse_spec(data, str(path), base_dir=path.parent)
 
 
 # --- the sample list -------------------------------------------------------------------------------
@@ -384,6 +484,8 @@ class Sample:
     seed: int
     caption_fields: dict[str, str]
     template: str
+    control: str | None = None  # the control map steering this sample (its file)
+    control_kind: str | None = None
 
 
 def sample_seed(spec_seed: int, class_key: str, index: int) -> int:
@@ -407,7 +509,9 @@ def sample_list(spec: SynthSpec) -> list[Sample]:
             for k, v in spec.fields.items():
                 fields.setdefault(k, v)
             prompt = CaptionTemplate(cls.prompt).render(fields)
-            out.append(Sample(len(out), f"{cls.key}-{i:06d}", cls.key, label, prompt, meta, seed, fields, cls.prompt))
+            control = cls.control.files[i % len(cls.control.files)] if cls.control else None
+            out.append(Sample(len(out), f"{cls.key}-{i:06d}", cls.key, label, prompt, meta, seed, fields, cls.prompt,
+                              control, cls.control.kind if cls.control else None))
     return out
 
 
@@ -418,9 +522,10 @@ def shard_name(index: int) -> str:
 # --- the output folder ----------------------------------------------------------------------------
 
 
-def _identity(spec: SynthSpec, model: str, version: str | None) -> dict[str, Any]:
+def _identity(spec: SynthSpec, model: str, version: str | None, controlnet: str | None = None) -> dict[str, Any]:
     return {"spec": spec.to_dict(), "digest": spec.digest(), "model": Path(model).name if Path(model).exists() else model,
-            "model_version": version, "samples": spec.num_samples, "shards": spec.num_shards}
+            "model_version": version, "controlnet": controlnet, "samples": spec.num_samples,
+            "shards": spec.num_shards}
 
 
 def check_output(out: Path, identity: dict[str, Any], overwrite: bool) -> bool:
@@ -431,12 +536,12 @@ def check_output(out: Path, identity: dict[str, Any], overwrite: bool) -> bool:
             held = json.loads(spec_file.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, OSError):
             held = {}
-        same = {k: held.get(k) for k in ("digest", "model_version")} == \
-            {k: identity[k] for k in ("digest", "model_version")}
+        same = {k: held.get(k) for k in IDENTITY_KEYS} == {k: identity.get(k) for k in IDENTITY_KEYS}
         if not same and not overwrite:
             raise OutputExistsError(
                 f"output folder {str(out)!r} holds another spec's data (spec {held.get('digest')}, model "
-                f"{held.get('model_version')}; this is spec {identity['digest']}, model {identity['model_version']}); "
+                f"{held.get('model_version')}{_controlnet_note(held)}; this is spec {identity['digest']}, model "
+                f"{identity['model_version']}{_controlnet_note(identity)}); "
                 "use a new folder or --overwrite")
         return same and (out / SUMMARY_FILE).is_file()
     if out.exists() and not out.is_dir():
@@ -445,6 +550,10 @@ def check_output(out: Path, identity: dict[str, Any], overwrite: bool) -> bool:
         raise OutputExistsError(f"output folder {str(out)!r} is not empty and holds no synthesize spec.json "
                                 "(use a new folder or --overwrite)")
     return False
+
+
+def _controlnet_note(identity: Mapping[str, Any]) -> str:
+    return f" + ControlNet {identity['controlnet']}" if identity.get("controlnet") else ""
 
 
 def _clear(out: Path) -> None:
@@ -463,18 +572,46 @@ def _remove_partials(out: Path, shard: int) -> None:
         p.unlink(missing_ok=True)
 
 
-def _batch_images(pipe, spec: SynthSpec, batch: list[Sample]):
-    """PIL images of one batch: one prompt, metadata and generator per sample."""
+def _batch_images(pipes: Mapping[str, Any], spec: SynthSpec, batch: list[Sample]) -> list[tuple[Any, Any]]:
+    """(PIL image, control map or None) per sample of one batch: one prompt, metadata and generator
+    each. Samples without control run through the base pipeline together; controlled ones in groups
+    of one map size through the ControlNet pipeline (``pipes["control"]``), on their map's grid."""
+    import numpy as np
     import torch
 
-    device = pipe._execution_device
-    result = pipe(
-        [s.prompt for s in batch], metadata=[s.metadata for s in batch], height=spec.size, width=spec.size,
-        num_inference_steps=spec.steps, guidance_scale=spec.guidance, metadata_guidance_scale=spec.metadata_guidance,
-        negative_prompt=None if spec.negative_prompt is None else [spec.negative_prompt] * len(batch),
-        generator=[torch.Generator(device=device).manual_seed(s.seed) for s in batch],
-    )
-    return result.images
+    from .conditional import control_condition, pad_to, padded_size, read_input
+
+    def common(pipe, group: list[Sample]) -> dict[str, Any]:
+        device = pipe._execution_device
+        return dict(
+            prompt=[s.prompt for s in group], metadata=[s.metadata for s in group], num_inference_steps=spec.steps,
+            guidance_scale=spec.guidance, metadata_guidance_scale=spec.metadata_guidance,
+            negative_prompt=None if spec.negative_prompt is None else [spec.negative_prompt] * len(group),
+            generator=[torch.Generator(device=device).manual_seed(s.seed) for s in group])
+
+    out: list[tuple[Any, Any]] = [None] * len(batch)  # type: ignore[list-item]
+    plain = [j for j, s in enumerate(batch) if s.control is None]
+    if plain:
+        group = [batch[j] for j in plain]
+        images = pipes["base"](height=spec.size, width=spec.size, **common(pipes["base"], group)).images
+        for j, image in zip(plain, images):
+            out[j] = (image, None)
+    maps: dict[tuple[int, int], list[tuple[int, Any]]] = {}
+    for j, s in enumerate(batch):
+        if s.control is not None:
+            raster = read_input(s.control)
+            maps.setdefault((raster.height, raster.width), []).append((j, raster))
+    for (h, w), items in maps.items():
+        pipe = pipes["control"]
+        channels = pipe.controlnet.config.conditioning_channels
+        cond = torch.stack([torch.from_numpy(control_condition(r, batch[j].control_kind, channels)) for j, r in items])
+        pad_h, pad_w = padded_size(h, w, pipe.size_multiple)
+        result = pipe(control_image=pad_to(cond, pad_h, pad_w), cond_metadata=[r.metadata for _, r in items],
+                      height=pad_h, width=pad_w, output_type="np", **common(pipe, [batch[j] for j, _ in items]))
+        for (j, _), array, single in zip(items, result.images, cond[:, 0]):
+            image = np.clip(np.asarray(array)[:h, :w] * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            out[j] = (image, (single.numpy() > 0.5).astype(np.uint8))
+    return out
 
 
 def _record(sample: Sample, image, identity: dict[str, Any], spec: SynthSpec, scheduler: str) -> dict[str, Any]:
@@ -487,6 +624,9 @@ def _record(sample: Sample, image, identity: dict[str, Any], spec: SynthSpec, sc
                        "guidance_scale": spec.guidance, "metadata_guidance_scale": spec.metadata_guidance,
                        "negative_prompt": spec.negative_prompt, "scheduler": scheduler},
         "pixel_range": [[0.0] * 3, [255.0] * 3], "dtype": "uint8", "shape": list(image.shape),
+        **({"control": {"kind": sample.control_kind, "file": Path(sample.control).name,
+                        "controlnet": identity.get("controlnet")},
+            "mask_source": f"{sample.control_kind} map {Path(sample.control).name}"} if sample.control else {}),
     }
 
 
@@ -500,7 +640,8 @@ def write_index(out: Path, spec: SynthSpec, samples: list[Sample], identity: dic
     rows = []
     for s in samples:
         row = _row(s.key, shard_name(s.index // spec.shard_size), identity["source"], s.prompt, s.metadata)
-        rows.append({**row, "class": s.class_key, "label": s.label, "seed": s.seed})
+        rows.append({**row, "class": s.class_key, "label": s.label, "seed": s.seed,
+                     **({"mask": f"{s.key}.mask.png", "control_file": Path(s.control).name} if s.control else {})})
         stats.add_metadata(s.metadata)
     write_manifest(rows, out / MANIFEST_FILE, overwrite=True)
     counts: dict[str, int] = {}
@@ -508,7 +649,7 @@ def write_index(out: Path, spec: SynthSpec, samples: list[Sample], identity: dic
         counts[s.class_key] = counts.get(s.class_key, 0) + 1
     summary = {
         "synthesize": identity["spec"], "config_digest": identity["digest"], "model": identity["model"],
-        "model_version": identity["model_version"], "samples": len(samples),
+        "model_version": identity["model_version"], "controlnet": identity.get("controlnet"), "samples": len(samples),
         "shards": [shard_name(k) for k in range(spec.num_shards)], "classes": counts,
         "metadata_ranges": stats.ranges, "metadata_unknown": stats.unknown,
     }
@@ -530,8 +671,45 @@ def _process_state(device: str | None):
     return PartialState(cpu=cpu)
 
 
+def _controlnet_identity(location: str, controlnet: str | os.PathLike | None) -> tuple[Path, str]:
+    """The ControlNet a controlled spec uses (``controlnet``, else the model's ``controlnet_control/``
+    or ``controlnet/``) and its identity: folder name @ a short hash of its weights."""
+    from .loading import local_model_folder, model_layout
+    from .pipelines.pipeline_controlnet import controlnet_class, controlnet_folder, find_controlnet_folder
+
+    if controlnet is not None:
+        folder = controlnet_folder(controlnet)
+    else:
+        folder = find_controlnet_folder(model_layout(local_model_folder(location)).root, "control")
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"the spec has control maps but {str(folder)!r} holds no ControlNet: pass --controlnet PATH, a ControlNet "
+            "trained for those maps (diffusionsat train --task control --control-kind mask --mask-vector ...)")
+    if controlnet_class(folder).__name__ != "SatControlNet":
+        raise ValueError(f"--controlnet {str(folder)!r}: a {controlnet_class(folder).__name__}; control maps need a "
+                         "2D SatControlNet")
+    digest = hashlib.sha256()
+    for file in sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin")):
+        digest.update(file.read_bytes())
+    return folder, f"{folder.parent.name}/{folder.name}@{digest.hexdigest()[:12]}"
+
+
+def _load_pipelines(location: str, controlnet: Path | None, device: Any) -> dict[str, Any]:
+    """The base pipeline, and for a controlled spec the ControlNet pipeline sharing its modules."""
+    from .loading import load_pipeline
+
+    if controlnet is None:
+        return {"base": load_pipeline(location, device=device)}
+    from .pipelines import DiffusionSatPipeline
+    from .pipelines.pipeline_controlnet import load_controlnet_pipeline
+
+    control = load_controlnet_pipeline(location, controlnet, device=device)
+    base = DiffusionSatPipeline(**{k: v for k, v in control.components.items() if k != "controlnet"})
+    return {"base": base.to(device), "control": control}
+
+
 def synthesize(spec: SynthSpec, out: str | os.PathLike, *, model: str | os.PathLike | None = None,
-               device: str | None = None, overwrite: bool = False,
+               controlnet: str | os.PathLike | None = None, device: str | None = None, overwrite: bool = False,
                progress: Callable[[int], Any] | None = None,
                on_shard: Callable[[int, Path], None] | None = None) -> dict[str, Any]:
     """Write ``spec``'s samples to ``out`` (resuming a partial folder of the same spec).
@@ -539,14 +717,19 @@ def synthesize(spec: SynthSpec, out: str | os.PathLike, *, model: str | os.PathL
     Under ``accelerate launch`` each process takes shards ``rank, rank + N, ...``. ``progress(total)``
     returns a bar with ``update(n)``/``close()`` (this process's remaining samples); ``on_shard(k,
     path)`` is called after each shard this process writes. Returns the summary dict (with
-    ``written`` = shards written by this process and ``up_to_date``).
+    ``written`` = shards written by this process and ``up_to_date``). Classes with ``control`` maps are
+    generated by ``controlnet`` (default: the model's ``controlnet_control/`` or ``controlnet/``) and
+    their maps are written beside the images (``{key}.mask.png``).
     """
     from .data.shards import ShardWriter, encode_image
-    from .loading import load_pipeline, model_version, resolve_model
+    from .loading import model_version, resolve_model
 
     out = Path(out)
     location = resolve_model(model)
-    identity = _identity(spec, location, model_version(location))
+    if controlnet is not None and not spec.controlled:
+        raise ValueError("--controlnet: no class of the spec has control maps (classes.<key>.control)")
+    cn_folder, cn_name = _controlnet_identity(location, controlnet) if spec.controlled else (None, None)
+    identity = _identity(spec, location, model_version(location), cn_name)
     identity["source"] = f"synthesize:{identity['model']}"
     finished = check_output(out, identity, overwrite)  # every rank checks before anything is written
     state = _process_state(device)
@@ -573,11 +756,14 @@ def synthesize(spec: SynthSpec, out: str | os.PathLike, *, model: str | os.PathL
 
         from .schedulers import make_scheduler, scheduler_name
 
-        pipe = load_pipeline(location, device=device or state.device)
-        pipe.set_progress_bar_config(disable=True)
+        pipes = _load_pipelines(location, cn_folder, device or state.device)
+        for pipe in pipes.values():
+            pipe.set_progress_bar_config(disable=True)
         if spec.scheduler:
-            pipe.scheduler = make_scheduler(spec.scheduler, pipe.scheduler)
-        scheduler = scheduler_name(pipe.scheduler)
+            chosen = make_scheduler(spec.scheduler, pipes["base"].scheduler)
+            for pipe in pipes.values():
+                pipe.scheduler = chosen
+        scheduler = scheduler_name(pipes["base"].scheduler)
         bar = progress(sum(len(samples[k * spec.shard_size:(k + 1) * spec.shard_size]) for k in todo)) \
             if progress else None
         try:
@@ -587,11 +773,15 @@ def synthesize(spec: SynthSpec, out: str | os.PathLike, *, model: str | os.PathL
                 with ShardWriter(out, max_samples=len(chunk), start_index=k) as writer:
                     for b in range(0, len(chunk), spec.batch_size):
                         batch = chunk[b:b + spec.batch_size]
-                        for sample, pil in zip(batch, _batch_images(pipe, spec, batch)):
-                            image = np.moveaxis(np.asarray(pil.convert("RGB")), -1, 0)
+                        for sample, (made, control) in zip(batch, _batch_images(pipes, spec, batch)):
+                            pixels = np.asarray(made.convert("RGB")) if hasattr(made, "convert") else made
+                            image = np.moveaxis(pixels, -1, 0)
                             ext, data = encode_image(image)
-                            writer.write(sample.key, {ext: data, "json": _record(sample, image, identity, spec, scheduler),
-                                                      "txt": sample.prompt})
+                            entries = {ext: data, "json": _record(sample, image, identity, spec, scheduler),
+                                       "txt": sample.prompt}
+                            if control is not None:
+                                entries["mask.png"] = encode_image(control[None] * 255)[1]
+                            writer.write(sample.key, entries)
                         if bar is not None:
                             bar.update(len(batch))
                 written.append(shard_name(k))

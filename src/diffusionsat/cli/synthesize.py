@@ -21,10 +21,12 @@ A killed run continues where it stopped when rerun with the same spec and folder
 @click.option("--spec", "spec_path", required=True, type=click.Path(dir_okay=False), help="Synthesis spec (YAML, docs/synthesize.md).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (shards, manifest, summary).")
 @click.option("--model", default=None, help="Model folder (default: the embedded model).")
+@click.option("--controlnet", default=None,
+              help="ControlNet for classes with control maps (default: the model's controlnet_control/ or controlnet/).")
 @click.option("--device", default=None, help="torch device (default: cpu, or this process's GPU under accelerate).")
 @click.option("--overwrite", is_flag=True, help="Replace a folder holding another spec's data.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def synthesize(spec_path, out, model, device, overwrite, no_progress):
+def synthesize(spec_path, out, model, controlnet, device, overwrite, no_progress):
     """Generate a labelled synthetic dataset from a SPEC of classes, prompts and metadata ranges."""
     from ..synthesis import load_spec
     from ..synthesis import synthesize as run_synthesis
@@ -36,7 +38,7 @@ def synthesize(spec_path, out, model, device, overwrite, no_progress):
 
         return tqdm(total=total, desc="synthesize", unit="img")
 
-    summary = run_synthesis(spec, out, model=model, device=device, overwrite=overwrite,
+    summary = run_synthesis(spec, out, model=model, controlnet=controlnet, device=device, overwrite=overwrite,
                             progress=None if no_progress else progress)
     if not summary["main_process"]:
         return
