@@ -5,7 +5,7 @@
     accelerate launch --num_processes 2 scripts/measure_downstream.py --out runs/ucm-downstream   # split sampling
 
 1. ``diffusionsat synthesize --spec configs/synthesize/ucmerced.yaml`` (21 classes; a copy of the
-   spec with ``--images-per-class``/``--steps`` applied is written to OUT/spec.yaml) → OUT/synthetic;
+   spec with ``--images-per-class``/``--steps``/``--guidance`` applied is written to OUT/spec.yaml) → OUT/synthetic;
    resumable: rerun the same command after an interruption.
 2. ``diffusionsat downstream --train OUT/synthetic --test UCM`` (held-out split; the real-trained
    classifier gets the same number of UC Merced train-split images per class) → OUT/report.{json,md}.
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="Model folder (default: the embedded model).")
     parser.add_argument("--images-per-class", type=int, default=None, help="Override the spec's images_per_class.")
     parser.add_argument("--steps", type=int, default=None, help="Override the spec's denoising steps.")
+    parser.add_argument("--guidance", type=float, default=None, help="Override the spec's guidance scale.")
     parser.add_argument("--epochs", type=int, default=15, help="Classifier epochs.")
     parser.add_argument("--device", default=None, help="torch device for sampling (default: cpu / this rank's GPU).")
     parser.add_argument("--overwrite-report", action="store_true", help="Replace an existing report.")
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         spec["images_per_class"] = args.images_per_class
     if args.steps is not None:
         spec["steps"] = args.steps
+    if args.guidance is not None:
+        spec["guidance"] = args.guidance
     args.out.mkdir(parents=True, exist_ok=True)
     spec_path = args.out / "spec.yaml"
     text = yaml.safe_dump(spec, sort_keys=False)

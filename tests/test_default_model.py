@@ -89,6 +89,20 @@ def test_model_card_documents_data_training_and_metrics():
         assert needle in card.lower(), needle
 
 
+@pytest.mark.parametrize("task", ["superres", "temporal", "inpaint"])
+def test_each_shipped_controlnet_has_a_card_with_its_training_command_and_held_out_numbers(task):
+    """`diffusionsat info --task T` prints this card: it must say how the weights were made and measured."""
+    from diffusionsat.cli.main import main as cli
+
+    card = (default_model_path() / f"controlnet_{task}" / "MODEL_CARD.md").read_text()
+    assert f"configs/tasks/{task}" in card
+    assert f"export_task_heldout.py --task {task}" in card
+    assert f"diffusionsat evaluate --task {task}" in card
+    assert re.search(r"\| PSNR \(dB\) \| [0-9.]+ \[", card), "PSNR with its interval"
+    assert "held out" in card.lower()
+    assert cli(["info", "--task", task]) == 0
+
+
 def test_land_use_class_in_the_prompt_changes_the_image(pipe):
     ucm = SatMetadata(gsd=1.2192)
     harbor = sample(pipe, ucm, prompt="a satellite image of a harbor in United States of America at 1.2 m resolution")
