@@ -434,6 +434,39 @@ def test_superres_job_keeps_the_georeference_with_a_finer_gsd(task_model_dir, tm
         assert not list((tmp_path / "out" / job["id"]).glob("input-*"))  # uploads are not kept
 
 
+def test_superres_consistency_field_back_projects_onto_the_input_or_not(model_dir, tmp_path):
+    """`consistency` (default true) as the CLI's --consistency/--no-consistency: RGB in, RGB out."""
+    import shutil
+
+    from diffusionsat.models.controlnet import SatControlNet
+    from diffusionsat.models.sat_unet import SatUNet
+
+    folder = tmp_path / "rgb-sr-model"
+    shutil.copytree(model_dir, folder)
+    SatControlNet.from_unet(SatUNet.from_pretrained(folder / "unet"), conditioning_channels=3).save_pretrained(
+        folder / "controlnet_superres")
+    low = np.random.default_rng(3).integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(low).save(buffer, format="PNG")
+    errors = {}
+    with client_for(folder, tmp_path) as client:
+        for value in ("true", "false"):
+            answer = client.post("/v1/superres", files={"image": ("low.png", buffer.getvalue(), "image/png")},
+                                 data={"scale": "2", "steps": "2", "seed": "1", "consistency": value})
+            assert answer.status_code == 202, answer.text
+            job = wait_for(client, answer.json()["id"])
+            assert job["status"] == "succeeded", job
+            result = job["results"][0]
+            assert (result["record"]["back_projection_steps"] > 0) == (value == "true")
+            high = np.asarray(PIL.Image.open(io.BytesIO(client.get(result["files"]["png"]).content)).convert("RGB"))
+            averaged = high.astype(float).reshape(8, 2, 8, 2, 3).mean(axis=(1, 3))
+            errors[value] = np.abs(averaged - low).mean()
+        bad = client.post("/v1/superres", files={"image": ("low.png", buffer.getvalue(), "image/png")},
+                          data={"consistency": "maybe"})
+        assert bad.status_code == 422 and "consistency" in bad.text
+    assert errors["true"] < 0.1 * errors["false"], errors  # the 2× average follows the input only when back-projected
+
+
 def test_temporal_and_inpaint_jobs(task_model_dir, tmp_path):
     rng = np.random.default_rng(0)
     scene = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)

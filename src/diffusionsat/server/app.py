@@ -196,6 +196,8 @@ def build_request(fields: dict[str, Any], model: ServedModel, size: tuple[int, i
 
 BANDS_HELP = ("Bands to use, comma-separated: 1-based indices (1,2,3) or names (B04,B03,B02,B08); "
               "default: all bands, or for super-resolution the bands the ControlNet was trained on")
+CONSISTENCY_HELP = ("Back-project the result onto the input, so that its scale-times average reproduces the "
+                    "input's pixels (RGB inputs); false: the ControlNet's raw output")
 
 
 def _bands(text: str | None, image: UploadedImage) -> str | None:
@@ -450,13 +452,15 @@ def create_app(model: str | Path | None = None, *, pipeline: Any = None, config:
         image: Annotated[UploadFile, File(description="Low-resolution GeoTIFF or PNG (any band count)")],
         fields: Annotated[dict[str, Any], Depends(sampling_form)],
         scale: Annotated[int, Form(description="Upscaling factor, [2, 8]")] = 4,
+        consistency: Annotated[bool, Form(description=CONSISTENCY_HELP)] = True,
         bands: Annotated[str | None, Form(description=BANDS_HELP)] = None,
         wait: WaitQuery = False,
     ) -> JSONResponse:
         if not 2 <= scale <= 8:
             raise field_error("scale", f"scale={scale}: out of range; allowed [2, 8]", "[2, 8]")
         low = await read_upload(image, "image", config)
-        return await conditional("superres", fields, [low], http, wait, scale=scale, bands=_bands(bands, low))
+        return await conditional("superres", fields, [low], http, wait, scale=scale, consistency=consistency,
+                                 bands=_bands(bands, low))
 
     @api.post("/temporal", status_code=202, summary="Generate the image of a place at a target date from past frames",
               responses=TASK_ERRORS)

@@ -258,6 +258,7 @@ class ConditionalInputs:
     frame_dates: list[str] = field(default_factory=list)
     mask: np.ndarray | None = None
     scale: int | None = None
+    consistency: bool = True
     bands: str | None = None
     geotiff: bool = False
 
@@ -312,7 +313,7 @@ def run_conditional(worker: WorkerPipeline, job: Job, inputs: ConditionalInputs,
                   "metadata_guidance_scale": request.metadata_guidance_scale,
                   "negative_prompt": request.negative_prompt}
         if inputs.task == "superres":
-            result = conditional.superresolve(pipe, rasters, scale=inputs.scale, **common)
+            result = conditional.superresolve(pipe, rasters, scale=inputs.scale, consistency=inputs.consistency, **common)
         elif inputs.task == "temporal":
             result = conditional.predict_temporal(pipe, rasters, target_date=request.metadata.date_string(), **common)
         else:

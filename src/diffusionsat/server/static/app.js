@@ -207,6 +207,7 @@ async function submit() {
     requireFile("sr-image", "choose a low-resolution image");
     form.append("image", $("sr-image").files[0]);
     form.append("scale", $("sr-scale").value);
+    form.append("consistency", $("sr-consistency").checked ? "true" : "false");
   } else if (state.task === "temporal") {
     requireFile("tp-frames", "choose at least one past image");
     [...$("tp-frames").files].forEach((file) => form.append("frames", file));
@@ -228,7 +229,7 @@ const FIELD_INPUTS = {
   "metadata.lat": "lat", "metadata.lon": "lon", "metadata.gsd": "gsd", "metadata.cloud_cover": "cloud",
   "metadata.date": "date", "metadata.year": "date", "metadata.month": "date", "metadata.day": "date",
   prompt: "prompt", seed: "seed", steps: "steps", guidance_scale: "guidance", num_images: "num-images",
-  width: "size", height: "size", scheduler: "scheduler", image: "sr-image", scale: "sr-scale",
+  width: "size", height: "size", scheduler: "scheduler", image: "sr-image", scale: "sr-scale", consistency: "sr-consistency",
   frames: "tp-frames", mask: "ip-mask", bands: "bands",
 };
 
