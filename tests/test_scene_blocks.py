@@ -257,6 +257,13 @@ def test_large_output_is_tiff_and_sidecar_only_and_plain_without_georeference(mo
     assert meta["png"] is None and "over the PNG limit" in meta["png_skipped"]
     assert meta["tiff"]["path"] == "filled.tif" and "geotiff" not in meta
 
+    out.write_bytes(b"an earlier, smaller result")  # --overwrite replaces the set: no stale PNG is left beside it
+    args = ["inpaint", str(tmp_path / "photo.png"), "--mask", str(tmp_path / "mask.png"), "--block", "32",
+            "--model", str(models["inpaint"]), "--out", str(out), *FAST]
+    assert main(args) == 2 and "already exists" in capsys.readouterr().err  # without --overwrite: refused
+    assert main([*args, "--overwrite"]) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.glob("filled*")) == ["filled.json", "filled.tif"]
+
 
 def test_memory_does_not_grow_with_the_scene(models, tmp_path, monkeypatch):
     """Peak (numpy) memory of a scene twice as large is the same: it is bounded by the block.

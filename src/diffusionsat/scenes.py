@@ -167,6 +167,8 @@ def write_scene(
         sidecar["png_skipped"] = skipped
         sidecar["blocks"] = {"count": len(blocks), "model_calls": calls}
         staged[outputs.sidecar].write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+    if png is None and overwrite and outputs.png.is_file():
+        outputs.png.unlink()  # an earlier run's PNG would show another image than the TIFF now beside it
     return SceneResult(paths=targets, width=out_w, height=out_h, blocks=len(blocks), model_calls=calls,
                        png_skipped=skipped)
 
