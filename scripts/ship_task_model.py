@@ -3,6 +3,20 @@
     diffusionsat train --config configs/tasks/superres.yaml            # → runs/task-superres/model
     python scripts/ship_task_model.py --task superres --run runs/task-superres
 
+When the default model itself is retrained, its ControlNets move with it in three steps:
+
+    python scripts/ship_task_model.py --stage runs/default-model-v4/model --out runs/stage-v4
+    diffusionsat train --config configs/tasks/superres.yaml --base-model runs/stage-v4 \
+        --controlnet-init base --max-steps 600 --output-dir runs/rebase-superres      # (each task)
+    python scripts/ship_task_model.py --task superres --run runs/rebase-superres --base runs/stage-v4
+    python scripts/ship_task_model.py --install runs/stage-v4
+
+``--stage`` copies the shipped folder and puts the new model's UNet, text encoder, tokenizer and
+scheduler in, keeping the shipped ControlNets (so ``controlnet_init: base`` fine-tunes them from
+the old base's weights); ``--install`` replaces the package's folder with the staged one once every
+task's ControlNet there has been retrained on the staged UNet (each ``training.json`` records the
+UNet's digest), so the package never holds a ControlNet beside a UNet it was not trained on.
+
 The run's final model (``RUN/model``: the frozen base + ``controlnet/``, EMA weights) must have been
 trained on the embedded default model: its UNet must equal the shipped one bit for bit, so only the
 ControlNet (about 8 MB) is shipped, as ``assets/default-model/controlnet_<task>/``. The task
@@ -14,6 +28,7 @@ whole or not at all; its MODEL_CARD.md is kept (written separately). A fine-tuni
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import shutil
@@ -28,6 +43,18 @@ from diffusionsat.loading import default_model_path
 
 TASKS = ("superres", "temporal", "inpaint")
 UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
+#: What a retrained default model replaces in a staged folder; model_index.json, the card and the
+#: ControlNets stay (the pipeline classes do not change between versions).
+BASE_PARTS = ("unet", "text_encoder", "tokenizer", "scheduler")
+
+
+def unet_digest(folder: Path) -> str:
+    """SHA-256 of a model folder's UNet weights file: which base a ControlNet was trained on."""
+    digest = hashlib.sha256()
+    with open(folder / UNET_WEIGHTS, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def same_base(model: Path, base: Path) -> bool:
@@ -56,7 +83,7 @@ def ship(task: str, run: Path, base: Path) -> Path:
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         if training:
             state, cfg = training.get("state", {}), training.get("config", {})
-            summary = {"task": task, "steps": state.get("global_step"), "samples_seen": state.get("samples_seen"),
+            summary = {"task": task, "base_unet_sha256": unet_digest(base), "steps": state.get("global_step"), "samples_seen": state.get("samples_seen"),
                        "batch_size": cfg.get("batch_size"), "learning_rate": cfg.get("learning_rate"),
                        "data": cfg.get("data"), "seed": cfg.get("seed")}
             if cfg.get("sr_pairs"):
@@ -71,14 +98,69 @@ def ship(task: str, run: Path, base: Path) -> Path:
     return target
 
 
+def stage(model: Path, out: Path, base: Path) -> Path:
+    """A copy of the shipped folder ``base`` with a retrained default model's parts put in."""
+    missing = [part for part in BASE_PARTS if not (model / part).is_dir()]
+    if missing:
+        raise SystemExit(f"{model}: not a default-model folder (missing {', '.join(p + '/' for p in missing)})")
+    if out.exists():
+        raise SystemExit(f"{out} already exists: stage into a new folder")
+    with atomic_dir(out) as tmp:
+        shutil.copytree(base, tmp, dirs_exist_ok=True)
+        for part in BASE_PARTS:
+            shutil.rmtree(tmp / part)
+            shutil.copytree(model / part, tmp / part)
+    return out
+
+
+def stale_controlnets(folder: Path) -> list[str]:
+    """The tasks whose shipped ControlNet in ``folder`` was not trained on that folder's UNet."""
+    digest = unet_digest(folder)
+    stale = []
+    for task in TASKS:
+        record = folder / f"controlnet_{task}" / "training.json"
+        summary = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
+        if summary.get("base_unet_sha256") != digest:
+            stale.append(task)
+    return stale
+
+
+def install(staged: Path, base: Path) -> Path:
+    """Replace the package's default-model folder with a staged one whose ControlNets all fit it."""
+    if not (staged / UNET_WEIGHTS).is_file():
+        raise SystemExit(f"{staged}: not a staged default-model folder (no {UNET_WEIGHTS})")
+    stale = stale_controlnets(staged)
+    if stale:
+        raise SystemExit(f"{staged}: ControlNet(s) {', '.join(stale)} not retrained on its UNet yet "
+                         f"(ship each with --task T --run RUN --base {staged})")
+    with atomic_dir(base, overwrite=True) as tmp:
+        shutil.copytree(staged, tmp, dirs_exist_ok=True)
+    return base
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", choices=TASKS, required=True)
-    parser.add_argument("--run", type=Path, required=True, help="Training run folder (holds model/).")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--task", choices=TASKS, help="Ship this task's ControlNet from --run.")
+    mode.add_argument("--stage", type=Path, metavar="MODEL", help="Stage a retrained default model (into --out).")
+    mode.add_argument("--install", type=Path, metavar="STAGED", help="Make a staged folder the package's.")
+    parser.add_argument("--run", type=Path, help="Training run folder (holds model/), with --task.")
+    parser.add_argument("--out", type=Path, help="The new staging folder, with --stage.")
     parser.add_argument("--base", type=Path, default=None, help="Default-model folder (default: the package's).")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    target = ship(args.task, args.run, args.base or default_model_path())
+    base = args.base or default_model_path()
+    if args.stage is not None:
+        if args.out is None:
+            parser.error("--stage needs --out (the new staging folder)")
+        logging.info("staged %s", stage(args.stage, args.out, base))
+        return 0
+    if args.install is not None:
+        logging.info("installed %s as %s", args.install, install(args.install, base))
+        return 0
+    if args.run is None:
+        parser.error("--task needs --run (the training run folder)")
+    target = ship(args.task, args.run, base)
     size = sum(p.stat().st_size for p in target.iterdir()) / 1e6
     logging.info("shipped %s (%.1f MB)", target, size)
     return 0
