@@ -77,11 +77,11 @@ def split_files(source: Source, root: Path) -> tuple[list[Path], list[Path]]:
     return train, held
 
 
-def build(root: Path, held_out: bool = False, ucmerced: bool = False) -> Dataset:
+def build(root: Path, held_out: bool = False, ucmerced: bool = False, ucm_repeat: int = UCM_REPEAT) -> Dataset:
     """The training chips (or, with ``held_out``, the evaluation chips) of every source."""
     parts = [part for _, part in build_parts(root, held_out)]
     if ucmerced:
-        parts += [ucm_split(root, held_out)] * (1 if held_out else UCM_REPEAT)
+        parts += [ucm_split(root, held_out)] * (1 if held_out else ucm_repeat)
     return ConcatDataset(parts)
 
 
@@ -185,6 +185,8 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=30000)
     parser.add_argument("--init", metavar="MODEL", help="fine-tune this model with v-prediction and zero terminal SNR")
     parser.add_argument("--ucmerced", action="store_true", help="add UC Merced's 21 classes (version 2)")
+    parser.add_argument("--ucm-repeat", type=int, default=UCM_REPEAT,
+                        help=f"UC Merced copies per epoch beside the georeferenced chips (default {UCM_REPEAT})")
     parser.add_argument("--learning-rate", type=float, default=None, help="default 3e-4 (2e-4 with --init)")
     parser.add_argument("--export", action="store_true", help="write out/model from the latest checkpoint and stop")
     parser.add_argument("--export-heldout", metavar="DIR", help="write the held-out chips for `evaluate` and stop")
@@ -201,7 +203,7 @@ def main() -> None:
         logging.info("%d nearest training chips written", export_nearest_training(Path(args.data), Path(args.export_nearest)))
         return
 
-    dataset = build(Path(args.data), ucmerced=args.ucmerced)
+    dataset = build(Path(args.data), ucmerced=args.ucmerced, ucm_repeat=args.ucm_repeat)
     stage = {"pretrained": args.init, "prediction_type": "v_prediction", "zero_terminal_snr": True} if args.init else {}
     learning_rate = args.learning_rate or (2e-4 if args.init else 3e-4)
     cfg = load_config(overrides={
