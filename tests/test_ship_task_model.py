@@ -85,3 +85,4 @@ def test_every_shipped_controlnet_records_the_shipped_unet(ship):
     if not has_default_model():
         pytest.skip("no embedded default model in this install")
     assert ship.stale_controlnets(default_model_path()) == []
+
