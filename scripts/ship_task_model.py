@@ -83,7 +83,8 @@ def ship(task: str, run: Path, base: Path) -> Path:
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         if training:
             state, cfg = training.get("state", {}), training.get("config", {})
-            summary = {"task": task, "base_unet_sha256": unet_digest(base), "steps": state.get("global_step"), "samples_seen": state.get("samples_seen"),
+            summary = {"task": task, "base_unet_sha256": unet_digest(base),
+                       "steps": state.get("global_step"), "samples_seen": state.get("samples_seen"),
                        "batch_size": cfg.get("batch_size"), "learning_rate": cfg.get("learning_rate"),
                        "data": cfg.get("data"), "seed": cfg.get("seed")}
             if cfg.get("sr_pairs"):

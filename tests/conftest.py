@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,8 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 #: The project's real satellite imagery (never copied into the repository).
 SHARED_DATA = Path(os.environ.get("DIFFUSIONSAT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+#: The repository root: scripts/ and benchmarks/ are files there, not an installed package.
+REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_addoption(parser):
@@ -25,6 +29,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip_slow)
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """Import a repository script (``"scripts/ship_task_model.py"``) as a module, once per session.
+
+    It is registered in ``sys.modules`` under its stem, where its dataclasses look themselves up.
+    """
+    def load(relative: str):
+        path = REPO / relative
+        if path.stem not in sys.modules:
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+        return sys.modules[path.stem]
+
+    return load
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,17 +13,13 @@ import torch
 from diffusionsat.evaluation.dataset import load_records, load_stack, read_image, read_mask
 from diffusionsat.evaluation.evaluate import _sidecar_metadata, build_baselines, with_known_metadata
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "export_task_heldout.py"
 TASKS = ("superres", "temporal", "inpaint")
 UCM_CLASSES = 21
 
 
 @pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("export_task_heldout", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(load_script):
+    return load_script("scripts/export_task_heldout.py")
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +88,7 @@ def test_superres_spacenet_pair_is_the_held_out_east_of_the_real_pan_pair(export
                         "--data", str(shared_data)]) == 0
     records = load_records(tmp_path / "sn")
     assert len(records) == 18  # 2 chip columns x 9 rows of the 600 px pan scene
-    train_roi = yaml.safe_load((SCRIPT.parents[1] / "configs/tasks/superres-finetune.yaml").read_text())["sr_pairs"][0]["roi"]
+    train_roi = yaml.safe_load((Path(script.__file__).parents[1] / "configs/tasks/superres-finetune.yaml").read_text())["sr_pairs"][0]["roi"]
     for rec in records:
         with rasterio.open(rec.image) as ref:
             assert ref.bounds.left >= script.SPACENET_PAIR_HELDOUT_ROI[0] >= train_roi[2]  # never trained on

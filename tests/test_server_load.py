@@ -7,10 +7,6 @@ finishes, its memory returns within 10 % of where it started, and SIGTERM stops 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("fastapi")
@@ -18,7 +14,6 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("psutil")
 pytest.importorskip("httpx")
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"
 CAPTIONS = ["a satellite image of farmland in united states", "a satellite image of a river in peru"]
 #: Allowed resident-memory growth over a whole load round after warm-up (a leak of one image per
 #: request, or of job payloads, would exceed it; allocator noise does not).
@@ -27,18 +22,10 @@ MAX_GROWTH = 24 * 1024 * 1024
 MAX_RELATIVE_GROWTH = 0.10
 
 
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("serve_load", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_server_survives_bounded_load_and_memory_returns(tmp_path):
+def test_server_survives_bounded_load_and_memory_returns(tmp_path, load_script):
     from diffusionsat.models.presets import build_pipeline
 
-    bench = load_benchmark()
+    bench = load_script("benchmarks/serve_load.py")
     model = tmp_path / "tiny-model"
     build_pipeline("tiny", CAPTIONS, seed=0).save_pretrained(model)
     report, log = bench.measure(model, 200, 200, 2, 20, "--workers", "2", "--max-queue", "8")

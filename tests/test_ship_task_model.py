@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,16 +11,12 @@ from safetensors.torch import load_file
 
 from diffusionsat.models import SatControlNet
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ship_task_model.py"
 UNET = "unet/diffusion_pytorch_model.safetensors"
 
 
 @pytest.fixture(scope="module")
-def ship():
-    spec = importlib.util.spec_from_file_location("ship_task_model", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def ship(load_script):
+    return load_script("scripts/ship_task_model.py")
 
 
 def trained_run(pipe, folder: Path, task: str) -> Path:
@@ -85,4 +80,3 @@ def test_every_shipped_controlnet_records_the_shipped_unet(ship):
     if not has_default_model():
         pytest.skip("no embedded default model in this install")
     assert ship.stale_controlnets(default_model_path()) == []
-
