@@ -45,7 +45,8 @@ def _report(folder):
 def test_evaluate_generate_end_to_end(tiny_model_dir, heldout, tmp_path, capsys, no_network):
     out = tmp_path / "eval"
     code = main(["evaluate", "--task", "generate", "--model", str(tiny_model_dir), "--data", str(heldout),
-                 "--out", str(out), "--steps", "1", "--num-samples", "8", "--bootstrap", "3"])
+                 "--out", str(out), "--steps", "1", "--num-samples", "8", "--bootstrap", "3",
+                 "--metadata-guidance", "4"])
     assert code == 0, capsys.readouterr().err
     err = capsys.readouterr().err
     assert "inception not available" in err and "nothing is downloaded" in err
@@ -72,6 +73,10 @@ def test_evaluate_generate_end_to_end(tiny_model_dir, heldout, tmp_path, capsys,
     assert len(generated) == 8
     sidecar = json.loads(generated[0].with_suffix(".json").read_text())
     assert sidecar["scene"] in SCENES and sidecar["width"] == 16
+    # The separate metadata guidance reached the sampler and is recorded with each image and the report.
+    assert sidecar["metadata_guidance_scale"] == 4.0
+    assert report["generation"]["metadata_guidance_scale"] == 4.0
+    assert "guidance 3, metadata guidance 4" in (out / "report.md").read_text()
     # The GSD asked of a 16 px image covers the same ground as the 64 px real chip.
     real = {r.key: r for r in load_records(heldout)}[generated[0].stem]
     if "gsd" in sidecar["metadata"]:
@@ -120,6 +125,11 @@ def test_evaluate_bad_inputs_exit_2(tiny_model_dir, heldout, tmp_path, capsys):
     assert main(["evaluate", "--task", "superres", "--model", str(tiny_model_dir), "--data", str(heldout),
                  "--out", str(out)]) == 2
     assert "ControlNet" in capsys.readouterr().err  # a base model without a task ControlNet
+    assert main(args + ["--model", str(tiny_model_dir), "--metadata-guidance", "-1"]) == 2
+    assert "metadata_guidance_scale" in capsys.readouterr().err
+    assert main(["evaluate", "--task", "superres", "--generated", str(heldout), "--data", str(heldout),
+                 "--out", str(out), "--metadata-guidance", "3"]) == 2
+    assert "--task generate only" in capsys.readouterr().err
     assert main(["evaluate", "--task", "generate", "--data", str(tmp_path / "missing"), "--out", str(out),
                  "--model", str(tiny_model_dir)]) == 2
     (out).mkdir()

@@ -21,6 +21,7 @@ import dataclasses
 import datetime as _dt
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +99,7 @@ class EvaluationConfig:
     seed: int = 0
     steps: int = 25
     guidance_scale: float = 3.0
+    metadata_guidance_scale: float | None = None
     size: int | None = None
     device: str = "cpu"
     domain_encoder: Path | None = None
@@ -123,6 +125,11 @@ class EvaluationConfig:
             raise FileNotFoundError(f"--compare {str(self.compare)!r} does not exist")
         if self.num_samples is not None and self.num_samples < 2:
             raise ValueError(f"num_samples={self.num_samples!r}: need at least 2 (real-vs-real halves)")
+        if self.metadata_guidance_scale is not None:
+            if self.task != "generate":
+                raise ValueError(f"--metadata-guidance applies to --task generate only, not {self.task}")
+            if not math.isfinite(self.metadata_guidance_scale) or self.metadata_guidance_scale < 0:
+                raise ValueError(f"metadata_guidance_scale={self.metadata_guidance_scale!r}: must be a finite number >= 0")
         if self.size is not None and (self.size < 8 or self.size % 8):
             raise ValueError(f"size={self.size!r}: must be a multiple of 8, at least 8")
         if not 0 <= self.bootstrap <= 10_000:
@@ -189,7 +196,7 @@ def _metadata_at(rec: EvalRecord, real_side: int, side: int):
 
 def generate_for_records(
     model: str, records: list[EvalRecord], out_dir: Path, *, seed: int, steps: int, guidance_scale: float,
-    size: int | None, device: str, overwrite: bool,
+    size: int | None, device: str, overwrite: bool, metadata_guidance_scale: float | None = None,
 ) -> Path:
     """Run the text+metadata pipeline once per record (seed + i) and save PNG + sidecar as ``{key}.png``.
 
@@ -210,11 +217,12 @@ def generate_for_records(
         side = size or native
         request = GenerationRequest(
             prompt=rec.caption, metadata=_metadata_at(rec, real_side, side), seed=seed + i, steps=steps,
-            guidance_scale=guidance_scale, width=side, height=side,
+            guidance_scale=guidance_scale, metadata_guidance_scale=metadata_guidance_scale, width=side, height=side,
         )
         images, seeds, scheduler = generate_images(pipe, request)
         record = GenerationRecord(
             prompt=request.prompt, metadata=request.metadata, seed=seeds[0], steps=steps, guidance_scale=guidance_scale,
+            metadata_guidance_scale=metadata_guidance_scale,
             scheduler=scheduler, width=side, height=side, model=Path(location).name,
             extra={"scene": rec.scene, "eval_key": rec.key},
         )
@@ -622,7 +630,8 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
             if config.task in PAIRED_TASKS:
                 folder = generate_conditional_for_records(str(source), config.task, records, target, **options)
             else:
-                folder = generate_for_records(str(source), records, target, size=config.size, **options)
+                folder = generate_for_records(str(source), records, target, size=config.size,
+                                              metadata_guidance_scale=config.metadata_guidance_scale, **options)
             folders.append((role_name, folder, str(source)))
         else:
             folders.append((role_name, Path(source), str(source)))
@@ -664,7 +673,8 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
         "num_records": len(records),
         "image_size": list(size),
         "seed": config.seed,
-        "generation": {"steps": config.steps, "guidance_scale": config.guidance_scale} if config.generated is None else None,
+        "generation": {"steps": config.steps, "guidance_scale": config.guidance_scale,
+                       "metadata_guidance_scale": config.metadata_guidance_scale} if config.generated is None else None,
         "rows": [{"name": c.name, "role": c.role, "description": c.description, "source": c.source} for c in candidates],
         "networks": nets.status,
         "metrics": {

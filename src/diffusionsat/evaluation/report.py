@@ -92,6 +92,16 @@ def _versus_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _generation_line(generation: dict[str, Any] | None) -> list[str]:
+    """How the model rows were sampled (nothing when the images were given with --generated)."""
+    if not generation:
+        return []
+    line = f"- generated with {generation['steps']} steps, guidance {generation['guidance_scale']:g}"
+    if generation.get("metadata_guidance_scale") is not None:
+        line += f", metadata guidance {generation['metadata_guidance_scale']:g}"
+    return [line]
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The report as Markdown: what was compared, which networks ran, and one table per metric."""
     lines = [
@@ -100,6 +110,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"- data: `{report['data']}` ({report['num_records']} records, images compared at "
         f"{report['image_size'][1]}x{report['image_size'][0]} px), seed {report['seed']}",
         f"- created {report['created']} with diffusionsat {report['diffusionsat_version']}",
+        *_generation_line(report.get("generation")),
         "",
         "## Rows",
         "",
