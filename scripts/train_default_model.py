@@ -188,6 +188,8 @@ def main() -> None:
     parser.add_argument("--ucm-repeat", type=int, default=UCM_REPEAT,
                         help=f"UC Merced copies per epoch beside the georeferenced chips (default {UCM_REPEAT})")
     parser.add_argument("--learning-rate", type=float, default=None, help="default 3e-4 (2e-4 with --init)")
+    parser.add_argument("--train-only", action="append", default=[], metavar="PREFIX",
+                        help="train only these parameters (name prefix, e.g. unet.metadata_embedding; repeatable)")
     parser.add_argument("--export", action="store_true", help="write out/model from the latest checkpoint and stop")
     parser.add_argument("--export-heldout", metavar="DIR", help="write the held-out chips for `evaluate` and stop")
     parser.add_argument("--heldout-set", choices=("geo", "ucmerced", "both"), default="geo",
@@ -210,6 +212,7 @@ def main() -> None:
         **stage, "preset": "small", "output_dir": args.out, "batch_size": 8, "learning_rate": learning_rate,
         "lr_scheduler": "constant_with_warmup", "lr_warmup_steps": 200, "max_steps": args.max_steps,
         "ema_decay": 0.999, "caption_dropout": 0.1, "metadata_dropout": 0.1, "augment": True,
+        "train_only": args.train_only,
         "checkpoint_every": 200, "keep_checkpoints": 2, "validate_every": 1000, "validation_steps": 25,
         "validation_prompts": ["a satellite image in United States of America at 5 m resolution",
                                "a satellite image in Peru at 89 m resolution",

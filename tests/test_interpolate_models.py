@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -82,8 +83,6 @@ def test_refuses_what_does_not_interpolate(interp, lineage, tiny_pipeline, tmp_p
         interp.interpolate(early, late, 0.5, tmp_path / "taken")
     config = json.loads((late / "unet" / "config.json").read_text())
     other = tmp_path / "other"
-    import shutil
-
     shutil.copytree(late, other)
     config["layers_per_block"] = config["layers_per_block"] + 1
     (other / "unet" / "config.json").write_text(json.dumps(config))

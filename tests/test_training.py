@@ -262,6 +262,27 @@ def test_fine_tunes_a_model_with_v_prediction_on_zero_terminal_snr(shared_data, 
     assert int(scheduler.timesteps[0]) == 999  # sampling starts from pure noise
 
 
+def test_train_only_updates_the_named_parameters_and_freezes_the_rest(shared_data, tmp_path, tiny_model_dir):
+    """train_only: [unet.metadata_embedding] re-teaches the metadata MLPs of a model, nothing else moves."""
+    cfg = load_config(overrides=base_overrides(shared_data, tmp_path / "run", max_steps=3, pretrained=str(tiny_model_dir),
+                                               train_only=["unet.metadata_embedding"]))
+    final = Trainer(cfg, build_dataset(cfg)).train()
+    before, after = unet_weights(tiny_model_dir), unet_weights(final)
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith("metadata_embedding.") for k in moved)
+    assert len(moved) == sum(k.startswith("metadata_embedding.") for k in before)  # every MLP tensor trained
+    text_before = load_file(tiny_model_dir / "text_encoder" / "model.safetensors")
+    text_after = load_file(Path(final) / "text_encoder" / "model.safetensors")
+    for k, t in text_before.items():  # new caption words may add embedding rows; the known ones stay
+        assert torch.equal(t, text_after[k][: t.shape[0]]), k
+
+    with pytest.raises(ValueError, match=r"train_only: 'unet.no_such_layer' matches no trained parameter"):
+        Trainer(load_config(overrides=base_overrides(shared_data, tmp_path / "bad", train_only=["unet.no_such_layer"])),
+                build_dataset(cfg)).train()
+    with pytest.raises(ValueError, match=r"train_only=.*list of parameter-name prefixes"):
+        load_config(overrides={"train_only": [""]})
+
+
 def test_fine_tuning_errors_are_clear(tmp_path, tiny_model_dir):
     with pytest.raises(ValueError, match=r"zero_terminal_snr=True: needs prediction_type=v_prediction"):
         load_config(overrides={"zero_terminal_snr": "true"})

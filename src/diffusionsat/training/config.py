@@ -57,6 +57,9 @@ class TrainConfig:
     # the model then sees pure noise at t=T, so the noise's low frequencies can't leak into colours
     zero_terminal_snr: bool | None = None  # None: as the scheduler config says
     train_text_encoder: bool | None = None
+    # train only the parameters whose name ("unet.metadata_embedding.4.linear_1.weight") starts with one
+    # of these prefixes, the rest frozen (e.g. re-teach a fine-tuned model its metadata MLPs); [] = all
+    train_only: list[str] = field(default_factory=list)
     # optimisation
     seed: int = 0
     batch_size: int = 4
@@ -105,6 +108,8 @@ class TrainConfig:
         need(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be >= 1")
         need(self.max_steps >= 1, "max_steps", "must be >= 1")
         need(self.learning_rate > 0, "learning_rate", "must be > 0")
+        need(isinstance(self.train_only, (list, tuple)) and all(isinstance(x, str) and x for x in self.train_only),
+             "train_only", "must be a list of parameter-name prefixes, e.g. [unet.metadata_embedding]")
         need(self.lr_warmup_steps >= 0, "lr_warmup_steps", "must be >= 0")
         need(self.prediction_type in (None, "epsilon", "v_prediction"), "prediction_type", "must be epsilon or v_prediction")
         if self.zero_terminal_snr and self.prediction_type != "v_prediction":

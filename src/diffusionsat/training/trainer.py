@@ -114,6 +114,29 @@ def resolve_resume(output_dir: str | os.PathLike, resume: str | None) -> Path | 
     return path
 
 
+def selected_parameters(modules: dict[str, torch.nn.Module], prefixes: Sequence[str],
+                        set_requires_grad: bool = True) -> list[torch.nn.Parameter]:
+    """The parameters of ``modules`` to train: all, or those whose qualified name ("unet.conv_in.weight")
+    starts with one of ``prefixes`` (``train_only``); the others are frozen when ``set_requires_grad``."""
+    named = [(f"{module_name}.{name}", p) for module_name, module in modules.items()
+             for name, p in module.named_parameters()]
+    if not prefixes:
+        return [p for _, p in named]
+    for prefix in prefixes:
+        if not any(name.startswith(prefix) for name, _ in named):
+            examples = sorted({".".join(name.split(".")[:2]) for name, _ in named})[:8]
+            raise ValueError(f"train_only: {prefix!r} matches no trained parameter; names start e.g. "
+                             f"{', '.join(examples)}")
+    chosen = []
+    for name, p in named:
+        keep = any(name.startswith(prefix) for prefix in prefixes)
+        if set_requires_grad:
+            p.requires_grad_(keep)
+        if keep:
+            chosen.append(p)
+    return chosen
+
+
 def draw_sample_randomness(cfg: TrainConfig, sample_ids: Sequence[int | str], epoch: int,
                            shape: tuple[int, ...], num_timesteps: int):
     """Noise, timestep, caption-dropout and per-field metadata-dropout decisions of each sample.
@@ -409,7 +432,7 @@ class Trainer:
                 module = modules[name]
                 enable = getattr(module, "enable_gradient_checkpointing", None) or module.gradient_checkpointing_enable
                 enable()
-        params = [p for name in trained for p in modules[name].parameters()]
+        params = selected_parameters({name: modules[name] for name in trained}, cfg.train_only)
         optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                       weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
         lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer=optimizer,
@@ -523,8 +546,8 @@ class Trainer:
             self.ema.restore(params)
 
     def _trainable_parameters(self):
-        for name in self._trained:
-            yield from self.accelerator.unwrap_model(getattr(self, name)).parameters()
+        modules = {name: self.accelerator.unwrap_model(getattr(self, name)) for name in self._trained}
+        yield from selected_parameters(modules, self.cfg.train_only, set_requires_grad=False)
 
     def _inference_pipeline(self) -> DiffusionSatPipeline:
         """The pipeline of the current weights (a ControlNet pipeline when training a task)."""
