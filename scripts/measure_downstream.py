@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="Override the spec's denoising steps.")
     parser.add_argument("--guidance", type=float, default=None, help="Override the spec's guidance scale.")
     parser.add_argument("--epochs", type=int, default=15, help="Classifier epochs.")
+    parser.add_argument("--augment", choices=("basic", "strong"), default=None,
+                        help="Classifier augmentation (default: downstream's own).")
     parser.add_argument("--device", default=None, help="torch device for sampling (default: cpu / this rank's GPU).")
     parser.add_argument("--overwrite-report", action="store_true", help="Replace an existing report.")
     args = parser.parse_args(argv)
@@ -67,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     down = ["downstream", "--train", str(args.out / "synthetic"), "--test", str(args.ucmerced),
             "--out", str(args.out), "--epochs", str(args.epochs)]
+    down += ["--augment", args.augment] if args.augment else []
     down += ["--overwrite"] if args.overwrite_report else []
     return cli(down)
 

@@ -188,6 +188,10 @@ def main() -> None:
     parser.add_argument("--ucm-repeat", type=int, default=UCM_REPEAT,
                         help=f"UC Merced copies per epoch beside the georeferenced chips (default {UCM_REPEAT})")
     parser.add_argument("--learning-rate", type=float, default=None, help="default 3e-4 (2e-4 with --init)")
+    parser.add_argument("--lr-schedule", choices=("constant_with_warmup", "cosine", "linear"),
+                        default="constant_with_warmup",
+                        help="learning-rate schedule after the 200 warm-up steps; cosine/linear decay to 0 at "
+                             "--max-steps (a cool-down stage of a constant-rate model)")
     parser.add_argument("--train-only", action="append", default=[], metavar="PREFIX",
                         help="train only these parameters (name prefix, e.g. unet.metadata_embedding; repeatable)")
     parser.add_argument("--export", action="store_true", help="write out/model from the latest checkpoint and stop")
@@ -210,7 +214,7 @@ def main() -> None:
     learning_rate = args.learning_rate or (2e-4 if args.init else 3e-4)
     cfg = load_config(overrides={
         **stage, "preset": "small", "output_dir": args.out, "batch_size": 8, "learning_rate": learning_rate,
-        "lr_scheduler": "constant_with_warmup", "lr_warmup_steps": 200, "max_steps": args.max_steps,
+        "lr_scheduler": args.lr_schedule, "lr_warmup_steps": 200, "max_steps": args.max_steps,
         "ema_decay": 0.999, "caption_dropout": 0.1, "metadata_dropout": 0.1, "augment": True,
         "train_only": args.train_only,
         "checkpoint_every": 200, "keep_checkpoints": 2, "validate_every": 1000, "validation_steps": 25,

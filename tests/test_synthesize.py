@@ -257,6 +257,40 @@ def test_downstream_reports_both_classifiers_with_intervals(reference, tmp_path,
     assert "already exists" in capsys.readouterr().err
 
 
+def test_downstream_strong_augmentation_is_seeded_and_keeps_images_valid():
+    import torch
+
+    from diffusionsat.evaluation.downstream import augment
+
+    rng = np.random.default_rng(0)
+    batch = torch.from_numpy(rng.integers(0, 256, (6, 3, 24, 24), dtype=np.uint8))
+    a = augment(batch, torch.Generator().manual_seed(3), "strong")
+    b = augment(batch, torch.Generator().manual_seed(3), "strong")
+    assert a.shape == (6, 3, 24, 24) and a.dtype == torch.float32
+    assert torch.equal(a, b)  # same seed, same augmentation
+    assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+    basic = augment(batch, torch.Generator().manual_seed(3), "basic").float() / 255
+    assert not torch.allclose(a, basic, atol=0.05)  # crops/jitter change more than the symmetries do
+    # crops and blur create no structure: a flat image stays flat (jitter moves its level only)
+    flat = torch.full((4, 3, 24, 24), 120, dtype=torch.uint8)
+    out = augment(flat, torch.Generator().manual_seed(0), "strong")
+    assert float((out - out.mean(dim=(2, 3), keepdim=True)).abs().max()) < 1e-5
+    with pytest.raises(ValueError, match="augment='heavy'"):
+        augment(batch, torch.Generator(), "heavy")
+
+
+def test_downstream_cli_records_the_augmentation(reference, tmp_path, capsys):
+    out = tmp_path / "report"
+    args = ["downstream", "--train", str(reference), "--test", str(reference), "--real-train", str(reference),
+            "--out", str(out), "--size", "16", "--epochs", "1", "--bootstrap", "20", "--augment", "strong"]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["augment"] == "strong" and "colour jitter" in report["config"]["augmentation"]
+    assert "colour jitter" in (out / "report.md").read_text()
+    assert main([*args[:-2], "--augment", "heavy", "--overwrite"]) == 2
+    assert "heavy" in capsys.readouterr().err
+
+
 def _fake_ucmerced(root: Path, per_class: int = 5) -> Path:
     import PIL.Image
 

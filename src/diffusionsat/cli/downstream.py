@@ -33,16 +33,19 @@ Examples:
 @click.option("--seed", type=int, default=0, show_default=True, help="Classifier, subsampling and bootstrap seed.")
 @click.option("--split-seed", type=int, default=0, show_default=True, help="UC Merced split seed (as prepare-data --seed).")
 @click.option("--bootstrap", type=int, default=1000, show_default=True, help="Bootstrap resamples for the intervals.")
+@click.option("--augment", type=click.Choice(["basic", "strong"]), default="basic", show_default=True,
+              help="Classifier augmentation: basic = flips + quarter turns; strong adds resized crops, colour jitter, blur.")
 @click.option("--device", default="cpu", show_default=True, callback=device_option, help="torch device.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing report.")
-def downstream(train, test, real_train, out, size, epochs, batch_size, seed, split_seed, bootstrap, device, overwrite):
+def downstream(train, test, real_train, out, size, epochs, batch_size, seed, split_seed, bootstrap, augment, device,
+               overwrite):
     """Train a small classifier on synthetic data and on as many real images; test both on real images."""
     require_extra("eval")
     from ..evaluation.downstream import DownstreamConfig, run_downstream
 
     cfg = DownstreamConfig(train=Path(train), test=Path(test), out=Path(out),
                            real_train=None if real_train is None else Path(real_train), size=size, epochs=epochs,
-                           batch_size=batch_size, seed=seed, split_seed=split_seed, bootstrap=bootstrap,
+                           batch_size=batch_size, seed=seed, split_seed=split_seed, bootstrap=bootstrap, augment=augment,
                            device=device, overwrite=overwrite)
     report = run_downstream(cfg)
     s, r, q = report["synthetic"]["accuracy"], report["real"]["accuracy"], report["synthetic_to_real"]
