@@ -35,7 +35,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from diffusionsat.data.geotiff import GeoTiffChips
 from diffusionsat.data.transforms import SelectBands
 from diffusionsat.data.ucmerced import UCMerced
-from diffusionsat.training import Trainer, load_config
+from diffusionsat.training import TrainConfig, Trainer, load_config
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESOLUTION = 64
@@ -178,7 +178,7 @@ def export_nearest_training(root: Path, out: Path) -> int:
     return count
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/default-model")
     parser.add_argument("--data", default=str(SHARED))
@@ -200,19 +200,14 @@ def main() -> None:
                         help="which held-out records --export-heldout writes (default: geo)")
     parser.add_argument("--export-nearest", metavar="DIR",
                         help="write, per held-out chip, the nearest training chip (`evaluate --generated`) and stop")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO)
-    if args.export_heldout:
-        logging.info("%d held-out chips written", export_heldout(Path(args.data), Path(args.export_heldout), args.heldout_set))
-        return
-    if args.export_nearest:
-        logging.info("%d nearest training chips written", export_nearest_training(Path(args.data), Path(args.export_nearest)))
-        return
+    return parser.parse_args(argv)
 
-    dataset = build(Path(args.data), ucmerced=args.ucmerced, ucm_repeat=args.ucm_repeat)
+
+def training_config(args: argparse.Namespace) -> TrainConfig:
+    """The run's config: the small preset, batch 8, EMA, and the schedule and stage the flags name."""
     stage = {"pretrained": args.init, "prediction_type": "v_prediction", "zero_terminal_snr": True} if args.init else {}
     learning_rate = args.learning_rate or (2e-4 if args.init else 3e-4)
-    cfg = load_config(overrides={
+    return load_config(overrides={
         **stage, "preset": "small", "output_dir": args.out, "batch_size": 8, "learning_rate": learning_rate,
         "lr_scheduler": args.lr_schedule, "lr_warmup_steps": 200, "max_steps": args.max_steps,
         "ema_decay": 0.999, "caption_dropout": 0.1, "metadata_dropout": 0.1, "augment": True,
@@ -228,6 +223,20 @@ def main() -> None:
                                 {"lat": -8.4, "lon": -74.4, "gsd": 89, "date": "2000"}],
         "report_to": "tensorboard", "seed": 0,
     })
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    if args.export_heldout:
+        logging.info("%d held-out chips written", export_heldout(Path(args.data), Path(args.export_heldout), args.heldout_set))
+        return
+    if args.export_nearest:
+        logging.info("%d nearest training chips written", export_nearest_training(Path(args.data), Path(args.export_nearest)))
+        return
+
+    dataset = build(Path(args.data), ucmerced=args.ucmerced, ucm_repeat=args.ucm_repeat)
+    cfg = training_config(args)
     logging.info("%d training chips", len(dataset))
     trainer = Trainer(cfg, dataset)
     if args.export:
