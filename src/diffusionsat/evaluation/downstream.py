@@ -1,6 +1,6 @@
 """Downstream check of a synthetic dataset: train a small classifier on it, test it on real images.
 
-The same classifier (a small CNN, fixed seed, flips/rot90 augmentation) is trained twice: on the
+The same classifier (a small CNN, fixed seed, flips/rot90 or ``strong`` augmentation) is trained twice: on the
 synthetic images and on the same number of real training images per class. Both are tested on the
 same real held-out images; the report gives each accuracy with a bootstrap 95 % interval over the
 test images, per-class accuracies, and the synthetic-to-real ratio (paired bootstrap interval).
