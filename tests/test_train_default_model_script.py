@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 
 def test_ucm_repeat_sets_uc_merced_share_of_the_default_model_mix(shared_data, load_script):
     module = load_script("scripts/train_default_model.py")
@@ -11,8 +13,6 @@ def test_ucm_repeat_sets_uc_merced_share_of_the_default_model_mix(shared_data, l
 
 
 def test_lr_schedule_flag_sets_a_decay_stage_and_keeps_the_constant_default(load_script, tmp_path):
-    import pytest
-
     module = load_script("scripts/train_default_model.py")
     out = str(tmp_path / "run")
     default = module.training_config(module.parse_args(["--out", out]))

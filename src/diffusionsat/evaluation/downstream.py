@@ -156,6 +156,13 @@ AUGMENTATIONS: dict[str, str] = {
 }
 
 
+def check_augmentation(name: str) -> str:
+    """``name`` if it is one of :data:`AUGMENTATIONS`, else a ValueError naming the field."""
+    if name not in AUGMENTATIONS:
+        raise ValueError(f"augment={name!r}: must be one of {', '.join(AUGMENTATIONS)}")
+    return name
+
+
 def _prepare(images: torch.Tensor) -> torch.Tensor:
     """uint8 (or [0, 1] float) images → the classifier's normalised input."""
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images
@@ -165,8 +172,7 @@ def _prepare(images: torch.Tensor) -> torch.Tensor:
 def augment(batch: torch.Tensor, generator: torch.Generator, strength: str = "basic") -> torch.Tensor:
     """Per image: random horizontal/vertical flips and quarter turns; with ``strong``, also a random
     resized crop, colour jitter and blur (:data:`AUGMENTATIONS`). ``strong`` returns [0, 1] floats."""
-    if strength not in AUGMENTATIONS:
-        raise ValueError(f"augment={strength!r}: must be one of {', '.join(AUGMENTATIONS)}")
+    check_augmentation(strength)
     n = batch.shape[0]
     flips = torch.randint(0, 2, (n, 2), generator=generator)
     turns = torch.randint(0, 4, (n,), generator=generator)
@@ -290,8 +296,7 @@ class DownstreamConfig:
             raise ValueError(f"batch_size={self.batch_size}: out of range; allowed [2, 4096]")
         if not 0 <= self.bootstrap <= 100_000:
             raise ValueError(f"bootstrap={self.bootstrap}: out of range; allowed [0, 100000]")
-        if self.augment not in AUGMENTATIONS:
-            raise ValueError(f"augment={self.augment!r}: must be one of {', '.join(AUGMENTATIONS)}")
+        check_augmentation(self.augment)
         return self
 
 
