@@ -5,8 +5,9 @@
     accelerate launch --num_processes 2 scripts/measure_downstream.py --out runs/ucm-downstream   # split sampling
 
 1. ``diffusionsat synthesize --spec configs/synthesize/ucmerced.yaml`` (21 classes; a copy of the
-   spec with ``--images-per-class``/``--steps``/``--guidance`` applied is written to OUT/spec.yaml) → OUT/synthetic;
-   resumable: rerun the same command after an interruption.
+   spec with the overrides given (``--images-per-class``, ``--steps``, ``--guidance``, ``--scheduler``,
+   ``--negative-prompt``) is written to OUT/spec.yaml) → OUT/synthetic; resumable: rerun the same
+   command after an interruption.
 2. ``diffusionsat downstream --train OUT/synthetic --test UCM`` (held-out split; the real-trained
    classifier gets the same number of UC Merced train-split images per class) → OUT/report.{json,md}.
 
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images-per-class", type=int, default=None, help="Override the spec's images_per_class.")
     parser.add_argument("--steps", type=int, default=None, help="Override the spec's denoising steps.")
     parser.add_argument("--guidance", type=float, default=None, help="Override the spec's guidance scale.")
+    parser.add_argument("--scheduler", default=None, help="Override the spec's sampler (ddpm, dpm++, ddim, ...).")
+    parser.add_argument("--negative-prompt", default=None, help="Override the spec's negative prompt.")
     parser.add_argument("--epochs", type=int, default=15, help="Classifier epochs.")
     parser.add_argument("--augment", choices=("basic", "strong"), default=None,
                         help="Classifier augmentation (default: downstream's own).")
@@ -51,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         spec["steps"] = args.steps
     if args.guidance is not None:
         spec["guidance"] = args.guidance
+    if args.scheduler is not None:
+        spec["scheduler"] = args.scheduler
+    if args.negative_prompt is not None:
+        spec["negative_prompt"] = args.negative_prompt
     args.out.mkdir(parents=True, exist_ok=True)
     spec_path = args.out / "spec.yaml"
     text = yaml.safe_dump(spec, sort_keys=False)
