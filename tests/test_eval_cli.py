@@ -46,7 +46,7 @@ def test_evaluate_generate_end_to_end(tiny_model_dir, heldout, tmp_path, capsys,
     out = tmp_path / "eval"
     code = main(["evaluate", "--task", "generate", "--model", str(tiny_model_dir), "--data", str(heldout),
                  "--out", str(out), "--steps", "1", "--num-samples", "8", "--bootstrap", "3",
-                 "--metadata-guidance", "4"])
+                 "--metadata-guidance", "4", "--scheduler", "DDIM"])
     assert code == 0, capsys.readouterr().err
     err = capsys.readouterr().err
     assert "inception not available" in err and "nothing is downloaded" in err
@@ -76,7 +76,9 @@ def test_evaluate_generate_end_to_end(tiny_model_dir, heldout, tmp_path, capsys,
     # The separate metadata guidance reached the sampler and is recorded with each image and the report.
     assert sidecar["metadata_guidance_scale"] == 4.0
     assert report["generation"]["metadata_guidance_scale"] == 4.0
-    assert "guidance 3, metadata guidance 4" in (out / "report.md").read_text()
+    assert "guidance 3, metadata guidance 4, scheduler ddim" in (out / "report.md").read_text()
+    # So did the sampler chosen with --scheduler (the tiny model's own is DDPM).
+    assert sidecar["scheduler"] == "ddim" and report["generation"]["scheduler"] == "ddim"
     # The GSD asked of a 16 px image covers the same ground as the 64 px real chip.
     real = {r.key: r for r in load_records(heldout)}[generated[0].stem]
     if "gsd" in sidecar["metadata"]:
@@ -130,6 +132,11 @@ def test_evaluate_bad_inputs_exit_2(tiny_model_dir, heldout, tmp_path, capsys):
     assert main(["evaluate", "--task", "superres", "--generated", str(heldout), "--data", str(heldout),
                  "--out", str(out), "--metadata-guidance", "3"]) == 2
     assert "--task generate only" in capsys.readouterr().err
+    assert main(args + ["--model", str(tiny_model_dir), "--scheduler", "warp"]) == 2
+    assert "scheduler='warp': unknown; choose one of ddim" in capsys.readouterr().err
+    assert main(["evaluate", "--task", "generate", "--generated", str(heldout), "--data", str(heldout),
+                 "--out", str(out), "--scheduler", "ddim"]) == 2
+    assert "not to --generated" in capsys.readouterr().err
     assert main(["evaluate", "--task", "generate", "--data", str(tmp_path / "missing"), "--out", str(out),
                  "--model", str(tiny_model_dir)]) == 2
     (out).mkdir()

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from ..choices import EVAL_TASKS
 from ..fileio import check_writable
 from ..metadata import SatMetadata
+from ..schedulers import SCHEDULERS
 from .baselines import (
     bicubic_upsample,
     biharmonic_fill,
@@ -100,6 +101,7 @@ class EvaluationConfig:
     steps: int = 25
     guidance_scale: float = 3.0
     metadata_guidance_scale: float | None = None
+    scheduler: str | None = None  # a short name of diffusionsat.schedulers; None: the model's own
     size: int | None = None
     device: str = "cpu"
     domain_encoder: Path | None = None
@@ -130,6 +132,11 @@ class EvaluationConfig:
                 raise ValueError(f"--metadata-guidance applies to --task generate only, not {self.task}")
             if not math.isfinite(self.metadata_guidance_scale) or self.metadata_guidance_scale < 0:
                 raise ValueError(f"metadata_guidance_scale={self.metadata_guidance_scale!r}: must be a finite number >= 0")
+        if self.scheduler is not None:
+            if self.generated is not None and self.compare is None:
+                raise ValueError("--scheduler applies when evaluate generates the images (--model), not to --generated")
+            if self.scheduler.lower() not in SCHEDULERS:
+                raise ValueError(f"scheduler={self.scheduler!r}: unknown; choose one of {', '.join(SCHEDULERS)}")
         if self.size is not None and (self.size < 8 or self.size % 8):
             raise ValueError(f"size={self.size!r}: must be a multiple of 8, at least 8")
         if not 0 <= self.bootstrap <= 10_000:
@@ -197,6 +204,7 @@ def _metadata_at(rec: EvalRecord, real_side: int, side: int):
 def generate_for_records(
     model: str, records: list[EvalRecord], out_dir: Path, *, seed: int, steps: int, guidance_scale: float,
     size: int | None, device: str, overwrite: bool, metadata_guidance_scale: float | None = None,
+    scheduler: str | None = None,
 ) -> Path:
     """Run the text+metadata pipeline once per record (seed + i) and save PNG + sidecar as ``{key}.png``.
 
@@ -218,12 +226,13 @@ def generate_for_records(
         request = GenerationRequest(
             prompt=rec.caption, metadata=_metadata_at(rec, real_side, side), seed=seed + i, steps=steps,
             guidance_scale=guidance_scale, metadata_guidance_scale=metadata_guidance_scale, width=side, height=side,
+            scheduler=scheduler,
         )
-        images, seeds, scheduler = generate_images(pipe, request)
+        images, seeds, used = generate_images(pipe, request)
         record = GenerationRecord(
             prompt=request.prompt, metadata=request.metadata, seed=seeds[0], steps=steps, guidance_scale=guidance_scale,
             metadata_guidance_scale=metadata_guidance_scale,
-            scheduler=scheduler, width=side, height=side, model=Path(location).name,
+            scheduler=used, width=side, height=side, model=Path(location).name,
             extra={"scene": rec.scene, "eval_key": rec.key},
         )
         paths = OutputPaths(png=out_dir / f"{rec.key}.png", sidecar=out_dir / f"{rec.key}.json")
@@ -257,7 +266,7 @@ def with_known_metadata(raster: Any, known: SatMetadata | None) -> Any:
 
 def generate_conditional_for_records(
     model: str, task: str, records: list[EvalRecord], out_dir: Path, *, seed: int, steps: int, guidance_scale: float,
-    device: str, overwrite: bool,
+    device: str, overwrite: bool, scheduler: str | None = None,
 ) -> Path:
     """Run a task model (base model + ControlNet) on each record's inputs, as the task commands do.
 
@@ -269,11 +278,13 @@ def generate_conditional_for_records(
     from ..loading import model_version, resolve_model
     from ..outputs import OutputPaths
     from ..pipelines.pipeline_controlnet import load_controlnet_pipeline
-    from ..schedulers import scheduler_name
+    from ..schedulers import make_scheduler, scheduler_name
 
     location = resolve_model(model)
     pipe = load_controlnet_pipeline(location, device=device, task=task)
     pipe.set_progress_bar_config(disable=True)
+    if scheduler is not None:
+        pipe.scheduler = make_scheduler(scheduler, pipe.scheduler)
     version = model_version(location) if Path(location).exists() else None
     sampling = {"num_inference_steps": steps, "guidance_scale": guidance_scale}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -625,7 +636,7 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
         assert source is not None
         if is_model_folder(source) or (role_name == "model" and config.generated is None):
             options = {"seed": config.seed, "steps": config.steps, "guidance_scale": config.guidance_scale,
-                       "device": config.device, "overwrite": config.overwrite}
+                       "scheduler": config.scheduler, "device": config.device, "overwrite": config.overwrite}
             target = out / f"generated-{role_name}"
             if config.task in PAIRED_TASKS:
                 folder = generate_conditional_for_records(str(source), config.task, records, target, **options)
@@ -674,7 +685,8 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
         "image_size": list(size),
         "seed": config.seed,
         "generation": {"steps": config.steps, "guidance_scale": config.guidance_scale,
-                       "metadata_guidance_scale": config.metadata_guidance_scale} if config.generated is None else None,
+                       "metadata_guidance_scale": config.metadata_guidance_scale,
+                       "scheduler": config.scheduler and config.scheduler.lower()} if config.generated is None else None,
         "rows": [{"name": c.name, "role": c.role, "description": c.description, "source": c.source} for c in candidates],
         "networks": nets.status,
         "metrics": {
