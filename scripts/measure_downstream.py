@@ -5,7 +5,7 @@
     accelerate launch --num_processes 2 scripts/measure_downstream.py --out runs/ucm-downstream   # split sampling
 
 1. ``diffusionsat synthesize --spec configs/synthesize/ucmerced.yaml`` (21 classes; a copy of the
-   spec with the overrides given (``--images-per-class``, ``--steps``, ``--guidance``, ``--scheduler``,
+   spec with the overrides given (``--images-per-class``, ``--seed``, ``--steps``, ``--guidance``, ``--scheduler``,
    ``--negative-prompt``) is written to OUT/spec.yaml) → OUT/synthetic; resumable: rerun the same
    command after an interruption.
 2. ``diffusionsat downstream --train OUT/synthetic --test UCM`` (held-out split; the real-trained
@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images-per-class", type=int, default=None, help="Override the spec's images_per_class.")
     parser.add_argument("--steps", type=int, default=None, help="Override the spec's denoising steps.")
     parser.add_argument("--guidance", type=float, default=None, help="Override the spec's guidance scale.")
+    parser.add_argument("--seed", type=int, default=None, help="Override the spec's seed (another synthetic set).")
     parser.add_argument("--scheduler", default=None, help="Override the spec's sampler (ddpm, dpm++, ddim, ...).")
     parser.add_argument("--negative-prompt", default=None, help="Override the spec's negative prompt.")
     parser.add_argument("--epochs", type=int, default=15, help="Classifier epochs.")
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         spec["steps"] = args.steps
     if args.guidance is not None:
         spec["guidance"] = args.guidance
+    if args.seed is not None:
+        spec["seed"] = args.seed
     if args.scheduler is not None:
         spec["scheduler"] = args.scheduler
     if args.negative_prompt is not None:

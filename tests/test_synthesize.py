@@ -110,6 +110,7 @@ def test_example_ucmerced_spec_has_the_21_classes_in_the_training_caption_style(
     spec = load_spec(ROOT / "configs" / "synthesize" / "ucmerced.yaml")
     assert [c.key for c in spec.classes] == list(CLASS_WORDS)
     assert spec.size == 64 and spec.num_samples == 21 * 64
+    assert spec.scheduler == "dpm++" and spec.guidance == 2.0  # the measured setting (docs/synthesize.md)
     prompts = {s.class_key: s.prompt for s in sample_list(spec)[:21]}
     assert prompts["harbor"] == "a satellite image of a harbor in United States of America at 1.2 m resolution"
     assert prompts["agricultural"].startswith("a satellite image of agricultural fields in United States")
