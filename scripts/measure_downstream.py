@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+SPEC_OVERRIDES = ("images_per_class", "seed", "steps", "guidance", "scheduler", "negative_prompt")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,18 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     spec = yaml.safe_load(args.spec.read_text(encoding="utf-8"))
-    if args.images_per_class is not None:
-        spec["images_per_class"] = args.images_per_class
-    if args.steps is not None:
-        spec["steps"] = args.steps
-    if args.guidance is not None:
-        spec["guidance"] = args.guidance
-    if args.seed is not None:
-        spec["seed"] = args.seed
-    if args.scheduler is not None:
-        spec["scheduler"] = args.scheduler
-    if args.negative_prompt is not None:
-        spec["negative_prompt"] = args.negative_prompt
+    for key in SPEC_OVERRIDES:  # the spec's own key names, as the flags' destinations
+        if getattr(args, key) is not None:
+            spec[key] = getattr(args, key)
     args.out.mkdir(parents=True, exist_ok=True)
     spec_path = args.out / "spec.yaml"
     text = yaml.safe_dump(spec, sort_keys=False)
