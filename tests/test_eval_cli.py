@@ -137,6 +137,9 @@ def test_evaluate_bad_inputs_exit_2(tiny_model_dir, heldout, tmp_path, capsys):
     assert main(["evaluate", "--task", "generate", "--generated", str(heldout), "--data", str(heldout),
                  "--out", str(out), "--scheduler", "ddim"]) == 2
     assert "not to --generated" in capsys.readouterr().err
+    assert main(["evaluate", "--task", "generate", "--generated", str(heldout), "--compare", str(heldout),
+                 "--data", str(heldout), "--out", str(out), "--scheduler", "ddim"]) == 2  # two image folders
+    assert "not to --generated" in capsys.readouterr().err
     assert main(["evaluate", "--task", "generate", "--data", str(tmp_path / "missing"), "--out", str(out),
                  "--model", str(tiny_model_dir)]) == 2
     (out).mkdir()

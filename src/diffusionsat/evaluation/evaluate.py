@@ -133,8 +133,9 @@ class EvaluationConfig:
             if not math.isfinite(self.metadata_guidance_scale) or self.metadata_guidance_scale < 0:
                 raise ValueError(f"metadata_guidance_scale={self.metadata_guidance_scale!r}: must be a finite number >= 0")
         if self.scheduler is not None:
-            if self.generated is not None and self.compare is None:
-                raise ValueError("--scheduler applies when evaluate generates the images (--model), not to --generated")
+            if self.generated is not None and not (self.compare is not None and is_model_folder(self.compare)):
+                raise ValueError("--scheduler applies when evaluate generates the images (--model, or a model "
+                                 "folder as --compare), not to --generated")
             if self.scheduler.lower() not in SCHEDULERS:
                 raise ValueError(f"scheduler={self.scheduler!r}: unknown; choose one of {', '.join(SCHEDULERS)}")
         if self.size is not None and (self.size < 8 or self.size % 8):
