@@ -12,7 +12,7 @@ import torch
 from .fileio import atomic_files
 from .metadata import SatMetadata
 from .outputs import GenerationRecord, OutputPaths, save_generated
-from .schedulers import make_scheduler, scheduler_name
+from .schedulers import check_scheduler, make_scheduler, scheduler_name
 
 MAX_IMAGES = 64
 MAX_SIDE = 2048
@@ -68,10 +68,7 @@ class GenerationRequest:
             if value is not None and value % 8:
                 raise ValueError(f"{name}={value!r}: must be a multiple of 8")
         if self.scheduler is not None:
-            from .schedulers import SCHEDULERS
-
-            if self.scheduler.lower() not in SCHEDULERS:
-                raise ValueError(f"scheduler={self.scheduler!r}: unknown; choose one of {', '.join(SCHEDULERS)}")
+            check_scheduler(self.scheduler)
         if self.seed is not None and not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):
             raise ValueError(f"seed={self.seed!r}: must be an integer in [0, 2^63)")
         return self

@@ -29,6 +29,14 @@ SCHEDULERS: dict[str, str] = {
 ORIGINAL_FINAL_SIGMAS_TYPE = "sigma_min"
 
 
+def check_scheduler(name: str) -> str:
+    """The short name ``name`` in lower case, or a ValueError naming the field and the choices."""
+    key = str(name).lower()
+    if key not in SCHEDULERS:
+        raise ValueError(f"scheduler={name!r}: unknown; choose one of {', '.join(SCHEDULERS)}")
+    return key
+
+
 def make_scheduler(name: str, base: SchedulerMixin) -> SchedulerMixin:
     """A scheduler of kind ``name`` configured like ``base`` (same betas, prediction type).
 
@@ -37,9 +45,7 @@ def make_scheduler(name: str, base: SchedulerMixin) -> SchedulerMixin:
     """
     import diffusers
 
-    key = name.lower()
-    if key not in SCHEDULERS:
-        raise ValueError(f"scheduler={name!r}: unknown; choose one of {', '.join(SCHEDULERS)}")
+    key = check_scheduler(name)
     cls = getattr(diffusers, SCHEDULERS[key])
     config = dict(base.config)
     defaulted = set(config.get("_use_default_values", ()))

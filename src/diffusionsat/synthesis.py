@@ -383,7 +383,7 @@ def parse_spec(data: Any, source: str = "spec", base_dir: str | os.PathLike | No
     ``base_dir``: where relative control-map paths start (the spec file's folder; default: here).
     """
     from .data.ucmerced import CLASS_WORDS
-    from .schedulers import SCHEDULERS
+    from .schedulers import check_scheduler
 
     def fail(message: str) -> SpecError:
         return SpecError(f"{source}: {message}")
@@ -397,8 +397,11 @@ def parse_spec(data: Any, source: str = "spec", base_dir: str | os.PathLike | No
         if data.get("version", SPEC_VERSION) != SPEC_VERSION:
             raise SpecError(f"version={data.get('version')!r}: this diffusionsat reads version {SPEC_VERSION}")
         scheduler = data.get("scheduler")
-        if scheduler is not None and str(scheduler).lower() not in SCHEDULERS:
-            raise SpecError(f"scheduler={scheduler!r}: unknown; choose one of {', '.join(SCHEDULERS)}")
+        if scheduler is not None:
+            try:
+                check_scheduler(scheduler)
+            except ValueError as err:
+                raise SpecError(str(err)) from None
         size = _int(data, "size", None, 8, 2048, "")
         if size is not None and size % 8:
             raise SpecError(f"size={size}: must be a multiple of 8")

@@ -24,7 +24,7 @@ from ..choices import (
     MAX_PNG_PIXELS,
     MIN_BLOCK_INPUT,
 )
-from ..schedulers import SCHEDULERS, scheduler_name
+from ..schedulers import check_scheduler, scheduler_name
 from . import generate as _generate  # noqa: F401  (registered first: _hook_generate adds --control to it)
 from .main import InputError, cli
 from .options import metadata_from_options, metadata_options, sampling_options
@@ -86,8 +86,11 @@ def _check_sampling(steps: int, guidance: float, scheduler: str | None, tile: in
         raise InputError(f"--steps={steps}: out of range; allowed [1, 1000]")
     if not 0 <= guidance <= 50:
         raise InputError(f"--guidance={guidance}: out of range; allowed [0, 50]")
-    if scheduler is not None and scheduler.lower() not in SCHEDULERS:
-        raise InputError(f"--scheduler={scheduler!r}: unknown; choose one of {', '.join(SCHEDULERS)}")
+    if scheduler is not None:
+        try:
+            check_scheduler(scheduler)
+        except ValueError as err:
+            raise InputError(f"--{err}") from None
     if tile is not None and tile < 8:
         raise InputError(f"--tile={tile}: must be >= 8")
     if overlap is not None and (overlap < 0 or (tile is not None and overlap >= tile)):

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from ..choices import EVAL_TASKS
 from ..fileio import check_writable
 from ..metadata import SatMetadata
-from ..schedulers import SCHEDULERS
+from ..schedulers import check_scheduler
 from .baselines import (
     bicubic_upsample,
     biharmonic_fill,
@@ -136,8 +136,7 @@ class EvaluationConfig:
             if self.generated is not None and not (self.compare is not None and is_model_folder(self.compare)):
                 raise ValueError("--scheduler applies when evaluate generates the images (--model, or a model "
                                  "folder as --compare), not to --generated")
-            if self.scheduler.lower() not in SCHEDULERS:
-                raise ValueError(f"scheduler={self.scheduler!r}: unknown; choose one of {', '.join(SCHEDULERS)}")
+            self.scheduler = check_scheduler(self.scheduler)
         if self.size is not None and (self.size < 8 or self.size % 8):
             raise ValueError(f"size={self.size!r}: must be a multiple of 8, at least 8")
         if not 0 <= self.bootstrap <= 10_000:
@@ -214,10 +213,13 @@ def generate_for_records(
     from ..generation import GenerationRequest, generate_images
     from ..loading import load_pipeline, model_version, resolve_model
     from ..outputs import GenerationRecord, OutputPaths, save_generated
+    from ..schedulers import make_scheduler
 
     location = resolve_model(model)
     pipe = load_pipeline(location, device=device)
     pipe.set_progress_bar_config(disable=True)
+    if scheduler is not None:  # once for the run, as generate_conditional_for_records does
+        pipe.scheduler = make_scheduler(scheduler, pipe.scheduler)
     version = model_version(location) if Path(location).exists() else None
     out_dir.mkdir(parents=True, exist_ok=True)
     for i, rec in enumerate(tqdm(records, desc=f"generating with {Path(model).name}")):
@@ -227,7 +229,6 @@ def generate_for_records(
         request = GenerationRequest(
             prompt=rec.caption, metadata=_metadata_at(rec, real_side, side), seed=seed + i, steps=steps,
             guidance_scale=guidance_scale, metadata_guidance_scale=metadata_guidance_scale, width=side, height=side,
-            scheduler=scheduler,
         )
         images, seeds, used = generate_images(pipe, request)
         record = GenerationRecord(
@@ -687,7 +688,7 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
         "seed": config.seed,
         "generation": {"steps": config.steps, "guidance_scale": config.guidance_scale,
                        "metadata_guidance_scale": config.metadata_guidance_scale,
-                       "scheduler": config.scheduler and config.scheduler.lower()} if config.generated is None else None,
+                       "scheduler": config.scheduler} if config.generated is None else None,
         "rows": [{"name": c.name, "role": c.role, "description": c.description, "source": c.source} for c in candidates],
         "networks": nets.status,
         "metrics": {
