@@ -36,6 +36,7 @@ from diffusionsat.data.geotiff import GeoTiffChips
 from diffusionsat.data.transforms import SelectBands
 from diffusionsat.data.ucmerced import UCMerced
 from diffusionsat.training import TrainConfig, Trainer, load_config
+from diffusionsat.training.datasets import WithKeys
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESOLUTION = 64
@@ -78,10 +79,15 @@ def split_files(source: Source, root: Path) -> tuple[list[Path], list[Path]]:
 
 
 def build(root: Path, held_out: bool = False, ucmerced: bool = False, ucm_repeat: int = UCM_REPEAT) -> Dataset:
-    """The training chips (or, with ``held_out``, the evaluation chips) of every source."""
+    """The training chips (or, with ``held_out``, the evaluation chips) of every source.
+
+    UC Merced's images carry ``distill=False``: a ``--teacher`` trained on the georeferenced chips
+    alone (v1) teaches those, not classes it never saw.
+    """
     parts = [part for _, part in build_parts(root, held_out)]
     if ucmerced:
-        parts += [ucm_split(root, held_out)] * (1 if held_out else ucm_repeat)
+        ucm = ucm_split(root, held_out)
+        parts += [ucm if held_out else WithKeys(ucm, distill=False)] * (1 if held_out else ucm_repeat)
     return ConcatDataset(parts)
 
 
@@ -194,6 +200,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "--max-steps (a cool-down stage of a constant-rate model)")
     parser.add_argument("--train-only", action="append", default=[], metavar="PREFIX",
                         help="train only these parameters (name prefix, e.g. unet.metadata_embedding; repeatable)")
+    parser.add_argument("--teacher", metavar="MODEL",
+                        help="distil this model's predictions on the georeferenced chips (e.g. v1, to keep its "
+                             "geo hold-out behaviour while UC Merced is learned)")
+    parser.add_argument("--teacher-weight", type=float, default=0.5,
+                        help="share of the georeferenced chips' target from --teacher (default 0.5)")
+    parser.add_argument("--metadata-dropout", type=float, default=0.1,
+                        help="probability that a sample's metadata is dropped (default 0.1)")
     parser.add_argument("--export", action="store_true", help="write out/model from the latest checkpoint and stop")
     parser.add_argument("--export-heldout", metavar="DIR", help="write the held-out chips for `evaluate` and stop")
     parser.add_argument("--heldout-set", choices=("geo", "ucmerced", "both"), default="geo",
@@ -210,8 +223,8 @@ def training_config(args: argparse.Namespace) -> TrainConfig:
     return load_config(overrides={
         **stage, "preset": "small", "output_dir": args.out, "batch_size": 8, "learning_rate": learning_rate,
         "lr_scheduler": args.lr_schedule, "lr_warmup_steps": 200, "max_steps": args.max_steps,
-        "ema_decay": 0.999, "caption_dropout": 0.1, "metadata_dropout": 0.1, "augment": True,
-        "train_only": args.train_only,
+        "ema_decay": 0.999, "caption_dropout": 0.1, "metadata_dropout": args.metadata_dropout, "augment": True,
+        "train_only": args.train_only, "teacher_model": args.teacher, "teacher_weight": args.teacher_weight,
         "checkpoint_every": 200, "keep_checkpoints": 2, "validate_every": 1000, "validation_steps": 25,
         "validation_prompts": ["a satellite image in United States of America at 5 m resolution",
                                "a satellite image in Peru at 89 m resolution",

@@ -23,3 +23,17 @@ def test_lr_schedule_flag_sets_a_decay_stage_and_keeps_the_constant_default(load
     assert cooled.learning_rate == 2e-4 and cooled.prediction_type == "v_prediction"
     with pytest.raises(SystemExit):
         module.parse_args(["--lr-schedule", "step"])
+
+
+def test_teacher_flags_distil_the_georeferenced_chips_and_not_uc_merced(shared_data, load_script, tmp_path):
+    module = load_script("scripts/train_default_model.py")
+    cfg = module.training_config(module.parse_args(
+        ["--out", str(tmp_path / "run"), "--init", "default", "--teacher", "v1-model", "--teacher-weight", "0.75",
+         "--metadata-dropout", "0.05"]))
+    assert (cfg.teacher_model, cfg.teacher_weight, cfg.metadata_dropout) == ("v1-model", 0.75, 0.05)
+    default = module.training_config(module.parse_args(["--out", str(tmp_path / "run")]))
+    assert default.teacher_model is None and default.metadata_dropout == 0.1
+    mix = module.build(shared_data, ucmerced=True, ucm_repeat=1)
+    geo = len(module.build(shared_data))
+    assert mix[0].get("distill", True) is True  # a georeferenced chip: the teacher's
+    assert mix[geo]["distill"] is False and "ucm" not in str(mix[geo - 1].get("caption"))  # UC Merced: not

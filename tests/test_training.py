@@ -325,3 +325,39 @@ def test_fine_tuning_adds_new_caption_words_and_keeps_the_old_ones(tmp_path, tin
     assert pipe.tokenizer("a harbor").input_ids[2] == new_vocab["harbor"]
     pipe.save_pretrained(tmp_path / "saved")
     assert DiffusionSatPipeline.from_pretrained(tmp_path / "saved").tokenizer.get_vocab() == new_vocab
+
+
+def test_teacher_blends_its_prediction_into_the_target_of_its_samples_only(shared_data, tmp_path, tiny_model_dir):
+    """The student starts as the teacher, so the first step's loss is exact: with weight 1 the target is the
+    student's own prediction (loss 0), with 0.5 it is halfway (loss ¼ of the plain run's); samples marked
+    ``distill: False`` keep the data's target. Captions are all dropped: new caption words get new embedding
+    rows in the student, which its teacher reads as unknown words."""
+    from diffusionsat.training.datasets import WithKeys
+
+    def first_loss(name: str, dataset=None, **extra) -> float:
+        cfg = load_config(overrides=base_overrides(shared_data, tmp_path / name, max_steps=1, pretrained=str(tiny_model_dir),
+                                                   caption_dropout=1.0, metadata_dropout=0.5, **extra))
+        trainer = Trainer(cfg, dataset or build_dataset(cfg))
+        trainer.train()
+        return trainer.loss_history[0]
+
+    plain = first_loss("plain")
+    assert plain > 0.01
+    assert first_loss("all", teacher_model=str(tiny_model_dir), teacher_weight=1.0) < 1e-10
+    assert first_loss("half", teacher_model=str(tiny_model_dir), teacher_weight=0.5) == pytest.approx(plain / 4, rel=1e-4)
+    cfg = load_config(overrides=base_overrides(shared_data, tmp_path / "data"))
+    kept_off = WithKeys(build_dataset(cfg), distill=False)
+    assert first_loss("off", kept_off, teacher_model=str(tiny_model_dir), teacher_weight=1.0) == pytest.approx(plain, rel=1e-5)
+
+
+def test_teacher_errors_are_clear(shared_data, tmp_path, tiny_model_dir):
+    with pytest.raises(ValueError, match=r"teacher_weight=1.5: must be in \[0, 1\]"):
+        load_config(overrides={"teacher_weight": 1.5})
+    with pytest.raises(ValueError, match=r"teacher_model: only for task=generate \(task=superres\)"):
+        load_config(overrides={"teacher_model": str(tiny_model_dir), "task": "superres"})
+    cfg = load_config(overrides=base_overrides(shared_data, tmp_path / "run", max_steps=1, pretrained=str(tiny_model_dir),
+                                               prediction_type="v_prediction", zero_terminal_snr=True,
+                                               teacher_model=str(tiny_model_dir)))
+    with pytest.raises(ValueError, match=r"teacher_model=.*prediction_type is 'epsilon' but the model trained here "
+                                         r"uses 'v_prediction'; a teacher must predict the same target"):
+        Trainer(cfg, build_dataset(cfg)).train()

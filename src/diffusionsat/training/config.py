@@ -60,6 +60,12 @@ class TrainConfig:
     # train only the parameters whose name ("unet.metadata_embedding.4.linear_1.weight") starts with one
     # of these prefixes, the rest frozen (e.g. re-teach a fine-tuned model its metadata MLPs); [] = all
     train_only: list[str] = field(default_factory=list)
+    # distil from a trained model (a folder, or "default"): on each sample whose ``distill`` key is
+    # not False, the target blends the data's with this model's prediction for the same noisy input,
+    # caption and metadata (learning without forgetting, Li & Hoiem 2016): a fine-tune keeps what
+    # the teacher knew of its own data while it learns new data (marked ``distill: False``)
+    teacher_model: str | None = None
+    teacher_weight: float = 0.5  # share of the target from the teacher, in [0, 1]
     # optimisation
     seed: int = 0
     batch_size: int = 4
@@ -110,6 +116,9 @@ class TrainConfig:
         need(self.learning_rate > 0, "learning_rate", "must be > 0")
         need(isinstance(self.train_only, (list, tuple)) and all(isinstance(x, str) and x for x in self.train_only),
              "train_only", "must be a list of parameter-name prefixes, e.g. [unet.metadata_embedding]")
+        need(0.0 <= self.teacher_weight <= 1.0, "teacher_weight", "must be in [0, 1]")
+        if self.teacher_model is not None and self.task != "generate":
+            raise ValueError(f"teacher_model: only for task=generate (task={self.task})")
         need(self.lr_warmup_steps >= 0, "lr_warmup_steps", "must be >= 0")
         need(self.prediction_type in (None, "epsilon", "v_prediction"), "prediction_type", "must be epsilon or v_prediction")
         if self.zero_terminal_snr and self.prediction_type != "v_prediction":

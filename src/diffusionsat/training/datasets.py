@@ -90,3 +90,17 @@ def _limit(dataset: Dataset, max_samples: int | None) -> Dataset:
         return dataset
     step = len(dataset) / max_samples  # type: ignore[arg-type]
     return Subset(dataset, [int(i * step) for i in range(max_samples)])
+
+
+class WithKeys(Dataset):
+    """Every sample of ``dataset`` with fixed extra keys, e.g. ``distill=False`` to keep a
+    ``teacher_model`` off data it never saw."""
+
+    def __init__(self, dataset: Dataset, **keys):
+        self.dataset, self.keys = dataset, keys
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self.dataset[index], **self.keys}

@@ -72,6 +72,7 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "caption": [str(it.get("caption") or "") for it in items],
         "metadata": [as_metadata(it.get("metadata")) for it in items],
         "sample_id": [it["index"] if "index" in it else str(it["key"]) for it in items],
+        "distill": [it.get("distill", True) is not False for it in items],  # teacher_model's samples
     }
     for key in ("conditioning_pixel_values", "mask"):  # task samples
         if key in items[0]:
@@ -90,6 +91,45 @@ def _common_size(conditions: list[torch.Tensor], size: tuple[int, int]) -> list[
     from ..pipelines.pipeline_controlnet import resize_condition
 
     return [resize_condition(c[None], size)[0] if c.ndim == 3 else c for c in conditions]
+
+
+def encode_captions(tokenizer, text_encoder, captions: list[str], device) -> torch.Tensor:
+    """Captions → the text encoder's hidden states (padded to the tokenizer's length)."""
+    tokens = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                       truncation=True, return_tensors="pt").input_ids.to(device)
+    return text_encoder(tokens)[0]
+
+
+def metadata_tensor(metadata: Sequence[Any], drop: torch.Tensor, unknown: float) -> torch.Tensor:
+    """Normalised metadata rows (SPEC §2), dropped fields set to the model's unknown value."""
+    md = torch.tensor([m.normalize(unknown) for m in metadata], dtype=torch.float32)
+    return torch.where(drop, torch.full_like(md, unknown), md)
+
+
+TEACHER_SCHEDULER_KEYS = ("prediction_type", "num_train_timesteps", "beta_schedule", "rescale_betas_zero_snr")
+
+
+def load_teacher(model: str, student: DiffusionSatPipeline, device) -> DiffusionSatPipeline:
+    """``teacher_model``, frozen, after checking that it predicts what the student learns to
+    predict (same target, noise schedule and model space): otherwise its outputs are no target."""
+    from ..loading import resolve_model
+
+    teacher = DiffusionSatPipeline.from_pretrained(resolve_model(model))
+    mine, theirs = student.scheduler.config, teacher.scheduler.config
+    for key in TEACHER_SCHEDULER_KEYS:
+        if mine.get(key) != theirs.get(key):
+            raise ValueError(f"teacher_model={model!r}: its scheduler's {key} is {theirs.get(key)!r} but the model "
+                             f"trained here uses {mine.get(key)!r}; a teacher must predict the same target")
+    same_space = ((teacher.vae is None) == (student.vae is None)
+                  and teacher.unet.config.in_channels == student.unet.config.in_channels
+                  and teacher.unet.config.sample_size == student.unet.config.sample_size)
+    if not same_space:
+        raise ValueError(f"teacher_model={model!r}: it denoises {teacher.unet.config.in_channels}-channel "
+                         f"{teacher.unet.config.sample_size}-px inputs, the model trained here "
+                         f"{student.unet.config.in_channels}-channel {student.unet.config.sample_size}-px")
+    for module in (teacher.unet, teacher.text_encoder):
+        module.requires_grad_(False).eval().to(device)
+    return teacher
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
@@ -207,6 +247,7 @@ class Trainer:
                                                 logging_dir=str(self.output_dir / "logs")),
         )
         self.state = TrainState()
+        self.teacher: DiffusionSatPipeline | None = None
         self.loss_history: list[float] = []
 
     # --- set-up --------------------------------------------------------------------------------
@@ -270,18 +311,17 @@ class Trainer:
         noise, timesteps = noise.to(device, latents.dtype), timesteps.to(device)
 
         captions = ["" if drop else c for c, drop in zip(batch["caption"], drop_caption.tolist())]
-        tokens = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt").input_ids.to(device)
-        text = self.text_encoder(tokens)[0]
+        text = encode_captions(self.tokenizer, self.text_encoder, captions, device)
         unknown = float(self.unet_config.metadata_unknown_value)
-        md = torch.tensor([m.normalize(unknown) for m in batch["metadata"]], dtype=torch.float32)
-        md = torch.where(drop_md, torch.full_like(md, unknown), md).to(device)
+        md = metadata_tensor(batch["metadata"], drop_md, unknown).to(device)
 
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         if self.noise_scheduler.config.prediction_type == "v_prediction":
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
         else:
             target = noise
+        if self.teacher is not None:
+            target = self._teacher_target(target, batch, noisy, timesteps, captions, drop_md)
         if self.controlnet is None:
             pred = self.unet(noisy, timesteps, text, metadata=md).sample
         else:
@@ -290,6 +330,23 @@ class Trainer:
         if self.cfg.snr_gamma is not None:
             per_sample = per_sample * self._snr_weights(timesteps)
         return per_sample.mean()
+
+    def _teacher_target(self, target, batch, noisy, timesteps, captions, drop_md) -> torch.Tensor:
+        """Blend ``teacher_model``'s prediction into the target of the samples it is to keep
+        (``distill`` not False), for the same noisy input, dropped caption and dropped metadata."""
+        rows = [i for i, keep in enumerate(batch.get("distill") or [True] * len(captions)) if keep]
+        if not rows:
+            return target
+        teacher, index = self.teacher, torch.tensor(rows, device=noisy.device)
+        with torch.no_grad():
+            text = encode_captions(teacher.tokenizer, teacher.text_encoder, [captions[i] for i in rows], noisy.device)
+            md = metadata_tensor([batch["metadata"][i] for i in rows], drop_md[rows],
+                                 float(teacher.unet.config.metadata_unknown_value)).to(noisy.device)
+            pred = teacher.unet(noisy[index], timesteps[index], text, metadata=md).sample.to(target.dtype)
+        weight = self.cfg.teacher_weight
+        target = target.clone()
+        target[index] = (1.0 - weight) * target[index] + weight * pred
+        return target
 
     def _controlnet_pred(self, batch, pixels, noisy, timesteps, text, md, drop_md, unknown):
         """Noise prediction of the frozen UNet with the task ControlNet's residuals.
@@ -452,6 +509,7 @@ class Trainer:
             if module is not None and name not in trained:
                 module.to(acc.device)
         self.unet, self.text_encoder, self.controlnet = modules["unet"], modules["text_encoder"], modules["controlnet"]
+        self.teacher = load_teacher(cfg.teacher_model, pipe, acc.device) if cfg.teacher_model else None
         self._trained = trained
         ema = None
         if cfg.use_ema:
