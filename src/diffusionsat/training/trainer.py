@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset, Subset
 
 from ..fileio import atomic_dir, atomic_path, check_writable_dir
-from ..metadata import METADATA_FIELDS, SatMetadata, as_metadata
+from ..metadata import METADATA_FIELDS, SatMetadata, as_metadata, metadata_tensor
 from ..pipelines import DiffusionSatPipeline
 from .components import build_initial_pipeline, model_resolution
 from .config import TrainConfig
@@ -93,16 +93,9 @@ def _common_size(conditions: list[torch.Tensor], size: tuple[int, int]) -> list[
     return [resize_condition(c[None], size)[0] if c.ndim == 3 else c for c in conditions]
 
 
-def encode_captions(tokenizer, text_encoder, captions: list[str], device) -> torch.Tensor:
-    """Captions → the text encoder's hidden states (padded to the tokenizer's length)."""
-    tokens = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
-                       truncation=True, return_tensors="pt").input_ids.to(device)
-    return text_encoder(tokens)[0]
-
-
-def metadata_tensor(metadata: Sequence[Any], drop: torch.Tensor, unknown: float) -> torch.Tensor:
-    """Normalised metadata rows (SPEC §2), dropped fields set to the model's unknown value."""
-    md = torch.tensor([m.normalize(unknown) for m in metadata], dtype=torch.float32)
+def dropped_metadata(metadata: Sequence[Any], drop: torch.Tensor, unknown: float) -> torch.Tensor:
+    """Normalised metadata rows (SPEC §1), the dropped fields set to the model's unknown value."""
+    md = metadata_tensor(metadata, unknown_value=unknown)
     return torch.where(drop, torch.full_like(md, unknown), md)
 
 
@@ -311,9 +304,11 @@ class Trainer:
         noise, timesteps = noise.to(device, latents.dtype), timesteps.to(device)
 
         captions = ["" if drop else c for c, drop in zip(batch["caption"], drop_caption.tolist())]
-        text = encode_captions(self.tokenizer, self.text_encoder, captions, device)
+        tokens = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt").input_ids.to(device)
+        text = self.text_encoder(tokens)[0]
         unknown = float(self.unet_config.metadata_unknown_value)
-        md = metadata_tensor(batch["metadata"], drop_md, unknown).to(device)
+        md = dropped_metadata(batch["metadata"], drop_md, unknown).to(device)
 
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         if self.noise_scheduler.config.prediction_type == "v_prediction":
@@ -339,9 +334,9 @@ class Trainer:
             return target
         teacher, index = self.teacher, torch.tensor(rows, device=noisy.device)
         with torch.no_grad():
-            text = encode_captions(teacher.tokenizer, teacher.text_encoder, [captions[i] for i in rows], noisy.device)
-            md = metadata_tensor([batch["metadata"][i] for i in rows], drop_md[rows],
-                                 float(teacher.unet.config.metadata_unknown_value)).to(noisy.device)
+            text = teacher.encode_prompt([captions[i] for i in rows], noisy.device)
+            md = dropped_metadata([batch["metadata"][i] for i in rows], drop_md[rows],
+                                  float(teacher.unet.config.metadata_unknown_value)).to(noisy.device)
             pred = teacher.unet(noisy[index], timesteps[index], text, metadata=md).sample.to(target.dtype)
         weight = self.cfg.teacher_weight
         target = target.clone()
