@@ -20,6 +20,10 @@ the class words; every word version 1 knew keeps its id):
 
     python scripts/train_default_model.py --out runs/default-model-v2 --init default --ucmerced
 
+``--teacher MODEL`` blends MODEL's predictions into the georeferenced chips' targets (UC Merced's
+keep the data's), e.g. v1 while UC Merced is learned; measured, it did not keep v1's geo hold-out
+(docs/default-model.md).
+
 Runs resume from the latest checkpoint, so several runs of at most two hours each add up.
 """
 
