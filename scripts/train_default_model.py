@@ -205,8 +205,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-only", action="append", default=[], metavar="PREFIX",
                         help="train only these parameters (name prefix, e.g. unet.metadata_embedding; repeatable)")
     parser.add_argument("--teacher", metavar="MODEL",
-                        help="distil this model's predictions on the georeferenced chips (e.g. v1, to keep its "
-                             "geo hold-out behaviour while UC Merced is learned)")
+                        help="blend this model's predictions into the georeferenced chips' targets (e.g. v1 while "
+                             "UC Merced is learned; UC Merced keeps the data's targets)")
     parser.add_argument("--teacher-weight", type=float, default=0.5,
                         help="share of the georeferenced chips' target from --teacher (default 0.5)")
     parser.add_argument("--metadata-dropout", type=float, default=0.1,

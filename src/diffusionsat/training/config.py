@@ -62,8 +62,8 @@ class TrainConfig:
     train_only: list[str] = field(default_factory=list)
     # distil from a trained model (a folder, or "default"): on each sample whose ``distill`` key is
     # not False, the target blends the data's with this model's prediction for the same noisy input,
-    # caption and metadata (learning without forgetting, Li & Hoiem 2016): a fine-tune keeps what
-    # the teacher knew of its own data while it learns new data (marked ``distill: False``)
+    # caption and metadata (learning without forgetting, Li & Hoiem 2016), so a fine-tune is held
+    # near the teacher on the teacher's data while it learns new data (marked ``distill: False``)
     teacher_model: str | None = None
     teacher_weight: float = 0.5  # share of the target from the teacher, in [0, 1]
     # optimisation
