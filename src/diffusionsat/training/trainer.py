@@ -329,7 +329,7 @@ class Trainer:
     def _teacher_target(self, target, batch, noisy, timesteps, captions, drop_md) -> torch.Tensor:
         """Blend ``teacher_model``'s prediction into the target of the samples it is to keep
         (``distill`` not False), for the same noisy input, dropped caption and dropped metadata."""
-        rows = [i for i, keep in enumerate(batch.get("distill") or [True] * len(captions)) if keep]
+        rows = [i for i, keep in enumerate(batch["distill"]) if keep]
         if not rows:
             return target
         teacher, index = self.teacher, torch.tensor(rows, device=noisy.device)
@@ -356,8 +356,9 @@ class Trainer:
         frames = conditioning_metadata(self.cfg.task, batch)
         cond_md = None
         if frames is not None:
-            cond = torch.tensor([[m.normalize(unknown) for m in row] for row in frames], dtype=torch.float32)
-            cond = torch.where(drop_md[:, None, :], torch.full_like(cond, unknown), cond).to(md.device)
+            per_row = len(frames[0])  # each frame drops the fields its row's target drops
+            cond = dropped_metadata([m for row in frames for m in row], drop_md.repeat_interleave(per_row, dim=0), unknown)
+            cond = cond.view(len(frames), per_row, -1).to(md.device)
             cond_md = cond[:, 0] if self.cfg.task == "superres" else cond
         return controlnet_noise_pred(self.unet, self.controlnet, noisy, timesteps, text, control, md, cond_md)
 
