@@ -24,6 +24,10 @@ the class words; every word version 1 knew keeps its id):
 keep the data's), e.g. v1 while UC Merced is learned; measured, it did not keep v1's geo hold-out
 (docs/default-model.md).
 
+``--anchor MODEL`` trains location-anchored guidance: guidance's negative branch, for requests with
+lon/lat, learns MODEL's unconditional prediction (e.g. v1's, trained on the georeferenced chips
+alone) instead of the unconditional over both data sets (docs/training.md).
+
 Runs resume from the latest checkpoint, so several runs of at most two hours each add up.
 """
 
@@ -209,6 +213,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "UC Merced is learned; UC Merced keeps the data's targets)")
     parser.add_argument("--teacher-weight", type=float, default=0.5,
                         help="share of the georeferenced chips' target from --teacher (default 0.5)")
+    parser.add_argument("--anchor", metavar="MODEL",
+                        help="location-anchored guidance: a share of the georeferenced chips is shown with no caption "
+                             "and only lon/lat, and learns this model's unconditional prediction (e.g. v1); "
+                             "generation then uses that branch as guidance's negative for requests with lon/lat")
+    parser.add_argument("--anchor-share", type=float, default=0.25,
+                        help="share of the georeferenced chips turned into anchor samples (default 0.25)")
     parser.add_argument("--metadata-dropout", type=float, default=0.1,
                         help="probability that a sample's metadata is dropped (default 0.1)")
     parser.add_argument("--export", action="store_true", help="write out/model from the latest checkpoint and stop")
@@ -229,6 +239,7 @@ def training_config(args: argparse.Namespace) -> TrainConfig:
         "lr_scheduler": args.lr_schedule, "lr_warmup_steps": 200, "max_steps": args.max_steps,
         "ema_decay": 0.999, "caption_dropout": 0.1, "metadata_dropout": args.metadata_dropout, "augment": True,
         "train_only": args.train_only, "teacher_model": args.teacher, "teacher_weight": args.teacher_weight,
+        "anchor_model": args.anchor, "anchor_share": args.anchor_share,
         "checkpoint_every": 200, "keep_checkpoints": 2, "validate_every": 1000, "validation_steps": 25,
         "validation_prompts": ["a satellite image in United States of America at 5 m resolution",
                                "a satellite image in Peru at 89 m resolution",

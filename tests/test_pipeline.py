@@ -64,6 +64,42 @@ def test_unconditional_branch_uses_models_unknown_value(tiny_pipeline, monkeypat
     assert torch.allclose(md[1], torch.tensor(MD.normalize(OUR_UNKNOWN_VALUE), dtype=torch.float32))
 
 
+def test_anchored_guidance_keeps_the_trained_fields_in_the_negative_branch(tiny_pipeline, tmp_path, monkeypatch):
+    """A UNet trained with a guidance anchor (lon/lat) gets, for requests that give both, a negative
+    branch with just those fields; requests missing one, and ``anchored_guidance=False``, keep the
+    all-unknown branch. The anchor is part of the saved UNet's config."""
+    tiny_pipeline.unet.register_to_config(guidance_anchor_fields=["lon", "lat"])
+    tiny_pipeline.save_pretrained(tmp_path / "anchored")
+    pipe = DiffusionSatPipeline.from_pretrained(tmp_path / "anchored")
+    assert pipe.guidance_anchor_fields == ("lon", "lat")
+    seen = []
+    original = pipe.unet.forward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["metadata"].clone())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pipe.unet, "forward", spy)
+    located, unlocated = MD, SatMetadata(lat=47.0, gsd=5.0)
+    pipe(["a", "b"], metadata=[located, unlocated], guidance_scale=4.0, num_inference_steps=1, output_type="np")
+    full = torch.tensor(located.normalize(OUR_UNKNOWN_VALUE))
+    negative = seen[-1][:2]
+    torch.testing.assert_close(negative[0, :2], full[:2])
+    assert torch.all(negative[0, 2:] == OUR_UNKNOWN_VALUE) and torch.all(negative[1] == OUR_UNKNOWN_VALUE)
+    pipe(["a"], metadata=located, guidance_scale=4.0, num_inference_steps=1, output_type="np", anchored_guidance=False)
+    assert torch.all(seen[-1][0] == OUR_UNKNOWN_VALUE)
+    pipe(["a"], metadata=located, guidance_scale=4.0, metadata_guidance_scale=2.0, num_inference_steps=1,
+         output_type="np")
+    torch.testing.assert_close(seen[-1][1], seen[-1][0])  # the text-only branch is anchored the same way
+    torch.testing.assert_close(seen[-1][0, :2], full[:2])
+
+
+def test_guidance_anchor_fields_must_be_metadata_fields(tiny_pipeline):
+    config = dict(tiny_pipeline.unet.config, guidance_anchor_fields=["lat", "altitude"])
+    with pytest.raises(ValueError, match=r"guidance_anchor_fields: unknown field\(s\) 'altitude'; allowed lon, lat"):
+        type(tiny_pipeline.unet).from_config(config)
+
+
 def test_combine_guidance_formulas():
     u, t, c = torch.zeros(1, 1), torch.ones(1, 1), torch.full((1, 1), 3.0)
     assert combine_guidance(torch.cat([u, c]), 2.0, None).item() == pytest.approx(6.0)

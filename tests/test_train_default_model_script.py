@@ -32,7 +32,10 @@ def test_teacher_flags_distil_the_georeferenced_chips_and_not_uc_merced(shared_d
          "--metadata-dropout", "0.05"]))
     assert (cfg.teacher_model, cfg.teacher_weight, cfg.metadata_dropout) == ("v1-model", 0.75, 0.05)
     default = module.training_config(module.parse_args(["--out", str(tmp_path / "run")]))
-    assert default.teacher_model is None and default.metadata_dropout == 0.1
+    assert default.teacher_model is None and default.metadata_dropout == 0.1 and default.anchor_model is None
+    anchored = module.training_config(module.parse_args(
+        ["--out", str(tmp_path / "run"), "--init", "default", "--anchor", "v1-model", "--anchor-share", "0.4"]))
+    assert (anchored.anchor_model, anchored.anchor_share, anchored.anchor_fields) == ("v1-model", 0.4, ["lon", "lat"])
     mix = module.build(shared_data, ucmerced=True, ucm_repeat=1)
     geo = len(module.build(shared_data))
     assert mix[0].get("distill", True) is True  # a georeferenced chip: the teacher's

@@ -156,7 +156,7 @@ def test_two_process_cpu_run_equals_one_process_with_double_batch(shared_data, t
 def test_dropout_rates_are_honoured():
     cfg = load_config(overrides={"caption_dropout": 0.3, "metadata_dropout": 0.1,
                                  "metadata_dropout_fields": {"lat": 0.5, "year": 0.0}})
-    _, timesteps, drop_caption, drop_md, _ = draw_sample_randomness(cfg, list(range(4000)), 0, (1, 1, 1), 1000)
+    _, timesteps, drop_caption, drop_md, _, _ = draw_sample_randomness(cfg, list(range(4000)), 0, (1, 1, 1), 1000)
     assert abs(drop_caption.float().mean().item() - 0.3) < 0.03
     rates = drop_md.float().mean(0)
     expected = [0.5 if f == "lat" else 0.0 if f == "year" else 0.1 for f in METADATA_FIELDS]
@@ -348,6 +348,51 @@ def test_teacher_blends_its_prediction_into_the_target_of_its_samples_only(share
     cfg = load_config(overrides=base_overrides(shared_data, tmp_path / "data"))
     kept_off = WithKeys(build_dataset(cfg), distill=False)
     assert first_loss("off", kept_off, teacher_model=str(tiny_model_dir), teacher_weight=1.0) == pytest.approx(plain, rel=1e-5)
+
+
+def test_anchor_samples_learn_the_anchor_models_unconditional_prediction(shared_data, tmp_path, tiny_pipeline,
+                                                                        tiny_model_dir):
+    """With the metadata MLPs' output layers zeroed, the student's caption-less prediction is the same for
+    any metadata, so when every located sample is an anchor sample (no caption, lon/lat only) and the
+    anchor model is the student itself, the first loss is exactly 0. Samples without lon/lat are never
+    anchors (the plain loss), another anchor model gives another target, and the saved UNet records the
+    anchor's fields for generation."""
+    from diffusionsat.training.datasets import WithKeys
+
+    tiny_pipeline.unet.zero_init_metadata_embedding()
+    blind = tmp_path / "blind"
+    tiny_pipeline.save_pretrained(blind)
+
+    def first(name: str, dataset=None, **extra) -> Trainer:
+        cfg = load_config(overrides=base_overrides(shared_data, tmp_path / name, max_steps=1, pretrained=str(blind),
+                                                   caption_dropout=0.0, metadata_dropout=0.0, **extra))
+        trainer = Trainer(cfg, dataset or build_dataset(cfg))
+        trainer.train()
+        return trainer
+
+    plain = first("plain").loss_history[0]
+    assert plain > 0.01
+    anchored = first("anchored", anchor_model=str(blind), anchor_share=1.0)
+    assert anchored.loss_history[0] < 1e-10
+    saved = DiffusionSatPipeline.from_pretrained(tmp_path / "anchored" / "model")
+    assert saved.guidance_anchor_fields == ("lon", "lat")
+    cfg = load_config(overrides=base_overrides(shared_data, tmp_path / "data"))
+    unlocated = WithKeys(build_dataset(cfg), metadata={"gsd": 5.0})
+    assert first("unlocated", unlocated, anchor_model=str(blind), anchor_share=1.0).loss_history[0] == pytest.approx(
+        plain, rel=1e-5)
+    other = first("other", anchor_model=str(tiny_model_dir), anchor_share=1.0).loss_history[0]
+    assert other > 1e-6 and other != pytest.approx(plain, rel=1e-3)
+    with pytest.raises(ValueError, match=r"anchor_share=0.0: must be in \(0, 1\]"):
+        load_config(overrides={"anchor_share": 0.0})
+    with pytest.raises(ValueError, match=r"anchor_fields=\['height'\]: must be a non-empty list of metadata fields"):
+        load_config(overrides={"anchor_fields": ["height"]})
+    with pytest.raises(ValueError, match=r"anchor_model: only for task=generate \(task=superres\)"):
+        load_config(overrides={"anchor_model": str(tiny_model_dir), "task": "superres"})
+    cfg = load_config(overrides=base_overrides(shared_data, tmp_path / "vpred", max_steps=1, pretrained=str(blind),
+                                               prediction_type="v_prediction", zero_terminal_snr=True,
+                                               anchor_model=str(tiny_model_dir)))
+    with pytest.raises(ValueError, match=r"anchor_model=.*prediction_type is 'epsilon' but the model trained here"):
+        Trainer(cfg, build_dataset(cfg)).train()
 
 
 def test_teacher_errors_are_clear(shared_data, tmp_path, tiny_model_dir):

@@ -21,7 +21,7 @@ from diffusers.models.embeddings import TimestepEmbedding
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel, UNet2DConditionOutput
 from torch import nn
 
-from ..metadata import NUM_METADATA, ORIGINAL_UNKNOWN_VALUE
+from ..metadata import METADATA_FIELDS, NUM_METADATA, ORIGINAL_UNKNOWN_VALUE
 
 
 class _ClassAndMetadata(NamedTuple):
@@ -76,6 +76,9 @@ class SatUNet(UNet2DConditionModel):
         num_metadata: number of metadata values (7 in the original: lon, lat, gsd, cloud, y, m, d).
         metadata_unknown_value: the normalised value that means "unknown" (0.0 in the original);
             pipelines use it for missing fields and for the unconditional CFG branch.
+        guidance_anchor_fields: metadata fields the unconditional CFG branch keeps when a request gives
+            them all (location-anchored guidance, trained with ``anchor_model``; docs/training.md);
+            ``None``: the plain all-unknown branch.
     """
 
     def __init__(
@@ -83,9 +86,14 @@ class SatUNet(UNet2DConditionModel):
         use_metadata: bool = True,
         num_metadata: int = NUM_METADATA,
         metadata_unknown_value: float = ORIGINAL_UNKNOWN_VALUE,
+        guidance_anchor_fields: list[str] | None = None,
         **unet_kwargs: Any,
     ):
         super().__init__(**unet_kwargs)
+        unknown_fields = [f for f in guidance_anchor_fields or () if f not in METADATA_FIELDS]
+        if unknown_fields:
+            raise ValueError(f"guidance_anchor_fields: unknown field(s) {', '.join(map(repr, unknown_fields))}; "
+                             f"allowed {', '.join(METADATA_FIELDS)}")
         if use_metadata and self.config.class_embeddings_concat:
             raise ValueError("use_metadata is incompatible with class_embeddings_concat=True")
         self.metadata_embedding = metadata_embedding_for(self, num_metadata) if use_metadata else None

@@ -18,7 +18,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..metadata import MetadataLike, metadata_tensor
+from ..metadata import METADATA_FIELDS, MetadataLike, metadata_tensor
 from ..models.sat_unet import SatUNet
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,18 @@ def combine_guidance(
         return uncond + guidance_scale * (cond - uncond)
     uncond, text, full = noise.chunk(3)
     return uncond + guidance_scale * (text - uncond) + metadata_guidance_scale * (full - text)
+
+
+def anchored_unconditional_metadata(metadata: torch.Tensor, fields: Sequence[str], unknown: float) -> torch.Tensor:
+    """Metadata of guidance's negative branch: all unknown, except ``fields`` in the rows that give all
+    of them (location-anchored guidance, docs/training.md); with no fields, plain all-unknown CFG."""
+    out = torch.full_like(metadata, unknown)
+    if not fields:
+        return out
+    index = torch.tensor([METADATA_FIELDS.index(f) for f in fields], device=metadata.device)
+    given = (metadata[:, index] != unknown).all(dim=1, keepdim=True)
+    out[:, index] = torch.where(given, metadata[:, index], out[:, index])
+    return out
 
 
 def rescale_guidance(guided: torch.Tensor, conditional: torch.Tensor, factor: float) -> torch.Tensor:
@@ -106,6 +118,11 @@ class DiffusionSatPipeline(DiffusionPipeline):
     @property
     def metadata_unknown_value(self) -> float:
         return float(getattr(self.unet.config, "metadata_unknown_value", 0.0))
+
+    @property
+    def guidance_anchor_fields(self) -> tuple[str, ...]:
+        """Fields the UNet was trained to keep in guidance's negative branch (``anchor_model``)."""
+        return tuple(getattr(self.unet.config, "guidance_anchor_fields", None) or ())
 
     @property
     def uses_metadata(self) -> bool:
@@ -189,6 +206,7 @@ class DiffusionSatPipeline(DiffusionPipeline):
         metadata_guidance_scale: float | None = None,
         guidance_rescale: float = 0.0,
         negative_prompt: str | list[str] | None = None,
+        anchored_guidance: bool = True,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
@@ -207,6 +225,9 @@ class DiffusionSatPipeline(DiffusionPipeline):
                 conditional one's (Lin et al. 2024, §3.4), against over-saturation at high guidance
                 with zero-terminal-SNR models.
             negative_prompt: replaces the empty prompt in the unconditional branch.
+            anchored_guidance: for a UNet trained with a guidance anchor (``guidance_anchor_fields``,
+                e.g. lon/lat), the unconditional branch of a request that gives those fields keeps
+                them; False = the all-unknown branch. No effect on other UNets.
             callback: ``callback(step, timestep, latents)`` after each denoising step.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
         """
@@ -233,7 +254,8 @@ class DiffusionSatPipeline(DiffusionPipeline):
             if len(negatives) != len(prompts):
                 raise ValueError(f"got {len(negatives)} negative prompts for {len(prompts)} prompts")
             uncond_text = self.encode_prompt(negatives, device)
-            uncond_md = torch.full_like(cond_md, self.metadata_unknown_value)
+            anchor = self.guidance_anchor_fields if anchored_guidance and self.uses_metadata else ()
+            uncond_md = anchored_unconditional_metadata(cond_md, anchor, self.metadata_unknown_value)
             if three_branch:
                 text = torch.cat([uncond_text, cond_text, cond_text])
                 md = torch.cat([uncond_md, uncond_md, cond_md])

@@ -66,6 +66,14 @@ class TrainConfig:
     # near the teacher on the teacher's data while it learns new data (marked ``distill: False``)
     teacher_model: str | None = None
     teacher_weight: float = 0.5  # share of the target from the teacher, in [0, 1]
+    # location-anchored guidance (docs/training.md): with ``anchor_model`` (a folder, or "default"), a
+    # share ``anchor_share`` of the samples whose ``anchor_fields`` are all known are shown with no
+    # caption and only those fields, and learn anchor_model's *unconditional* prediction; the saved
+    # UNet records the fields, and generation then uses this branch as guidance's negative for any
+    # request that gives them (requests without them keep the all-unknown branch)
+    anchor_model: str | None = None
+    anchor_fields: list[str] = field(default_factory=lambda: ["lon", "lat"])
+    anchor_share: float = 0.25
     # optimisation
     seed: int = 0
     batch_size: int = 4
@@ -119,6 +127,12 @@ class TrainConfig:
         need(0.0 <= self.teacher_weight <= 1.0, "teacher_weight", "must be in [0, 1]")
         if self.teacher_model is not None and self.task != "generate":
             raise ValueError(f"teacher_model: only for task=generate (task={self.task})")
+        need(0.0 < self.anchor_share <= 1.0, "anchor_share", "must be in (0, 1]")
+        need(isinstance(self.anchor_fields, (list, tuple)) and len(self.anchor_fields) > 0
+             and all(f in METADATA_FIELDS for f in self.anchor_fields), "anchor_fields",
+             f"must be a non-empty list of metadata fields from {', '.join(METADATA_FIELDS)}")
+        if self.anchor_model is not None and self.task != "generate":
+            raise ValueError(f"anchor_model: only for task=generate (task={self.task})")
         need(self.lr_warmup_steps >= 0, "lr_warmup_steps", "must be >= 0")
         need(self.prediction_type in (None, "epsilon", "v_prediction"), "prediction_type", "must be epsilon or v_prediction")
         if self.zero_terminal_snr and self.prediction_type != "v_prediction":

@@ -29,6 +29,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset
 from ..fileio import atomic_dir, atomic_path, check_writable_dir
 from ..metadata import METADATA_FIELDS, SatMetadata, as_metadata, metadata_tensor
 from ..pipelines import DiffusionSatPipeline
+from ..pipelines.pipeline_diffusionsat import anchored_unconditional_metadata
 from .components import build_initial_pipeline, model_resolution
 from .config import TrainConfig
 from .reproducibility import EpochSampler, check_rng_state, sample_generator
@@ -102,22 +103,23 @@ def dropped_metadata(metadata: Sequence[Any], drop: torch.Tensor, unknown: float
 TEACHER_SCHEDULER_KEYS = ("prediction_type", "num_train_timesteps", "beta_schedule", "rescale_betas_zero_snr")
 
 
-def load_teacher(model: str, student: DiffusionSatPipeline, device) -> DiffusionSatPipeline:
-    """``teacher_model``, frozen, after checking that it predicts what the student learns to
-    predict (same target, noise schedule and model space): otherwise its outputs are no target."""
+def load_teacher(model: str, student: DiffusionSatPipeline, device, role: str = "teacher_model") -> DiffusionSatPipeline:
+    """``teacher_model`` (or ``anchor_model``, named by ``role``), frozen, after checking that it predicts
+    what the student learns to predict (same target, noise schedule and model space): otherwise its
+    outputs are no target."""
     from ..loading import resolve_model
 
     teacher = DiffusionSatPipeline.from_pretrained(resolve_model(model))
     mine, theirs = student.scheduler.config, teacher.scheduler.config
     for key in TEACHER_SCHEDULER_KEYS:
         if mine.get(key) != theirs.get(key):
-            raise ValueError(f"teacher_model={model!r}: its scheduler's {key} is {theirs.get(key)!r} but the model "
+            raise ValueError(f"{role}={model!r}: its scheduler's {key} is {theirs.get(key)!r} but the model "
                              f"trained here uses {mine.get(key)!r}; a teacher must predict the same target")
     same_space = ((teacher.vae is None) == (student.vae is None)
                   and teacher.unet.config.in_channels == student.unet.config.in_channels
                   and teacher.unet.config.sample_size == student.unet.config.sample_size)
     if not same_space:
-        raise ValueError(f"teacher_model={model!r}: it denoises {teacher.unet.config.in_channels}-channel "
+        raise ValueError(f"{role}={model!r}: it denoises {teacher.unet.config.in_channels}-channel "
                          f"{teacher.unet.config.sample_size}-px inputs, the model trained here "
                          f"{student.unet.config.in_channels}-channel {student.unet.config.sample_size}-px")
     for module in (teacher.unet, teacher.text_encoder):
@@ -175,9 +177,10 @@ def draw_sample_randomness(cfg: TrainConfig, sample_ids: Sequence[int | str], ep
     """Noise, timestep, caption-dropout and per-field metadata-dropout decisions of each sample.
 
     Returns ``(noise (B, *shape), timesteps (B,), drop_caption (B,) bool, drop_metadata (B, 7) bool,
-    symmetry (B,) int in [0, 8))`` — the symmetry indexes a flip/rotation (0 = identity).
+    symmetry (B,) int in [0, 8), anchor_draw (B,) uniform in [0, 1))`` — the symmetry indexes a
+    flip/rotation (0 = identity); ``anchor_draw < anchor_share`` picks an ``anchor_model`` sample.
     """
-    noise, timesteps, drop_caption, drop_md, symmetry = [], [], [], [], []
+    noise, timesteps, drop_caption, drop_md, symmetry, anchor_draw = [], [], [], [], [], []
     p_md = torch.tensor(cfg.field_dropout())
     for sample_id in sample_ids:
         g = sample_generator(cfg.seed, epoch, sample_id)
@@ -186,7 +189,9 @@ def draw_sample_randomness(cfg: TrainConfig, sample_ids: Sequence[int | str], ep
         drop_caption.append(torch.rand(1, generator=g) < cfg.caption_dropout)
         drop_md.append(torch.rand(len(METADATA_FIELDS), generator=g) < p_md)
         symmetry.append(torch.randint(0, 8, (1,), generator=g) if cfg.augment else torch.zeros(1, dtype=torch.long))
-    return torch.stack(noise), torch.cat(timesteps), torch.cat(drop_caption), torch.stack(drop_md), torch.cat(symmetry)
+        anchor_draw.append(torch.rand(1, generator=g))
+    return (torch.stack(noise), torch.cat(timesteps), torch.cat(drop_caption), torch.stack(drop_md),
+            torch.cat(symmetry), torch.cat(anchor_draw))
 
 
 def apply_symmetry(images: torch.Tensor, symmetry: torch.Tensor) -> torch.Tensor:
@@ -241,6 +246,7 @@ class Trainer:
         )
         self.state = TrainState()
         self.teacher: DiffusionSatPipeline | None = None
+        self.anchor: DiffusionSatPipeline | None = None
         self.loss_history: list[float] = []
 
     # --- set-up --------------------------------------------------------------------------------
@@ -293,7 +299,7 @@ class Trainer:
         pixels = batch["pixel_values"].to(device)
         shape = tuple(pixels.shape[1:]) if self.vae is None else self._latent_shape(pixels)
         num_t = self.noise_scheduler.config.num_train_timesteps
-        noise, timesteps, drop_caption, drop_md, symmetry = draw_sample_randomness(
+        noise, timesteps, drop_caption, drop_md, symmetry, anchor_draw = draw_sample_randomness(
             self.cfg, batch["sample_id"], epoch, shape, num_t
         )
         if self.cfg.augment:
@@ -303,12 +309,20 @@ class Trainer:
         latents = self._encode(pixels, batch["sample_id"])
         noise, timesteps = noise.to(device, latents.dtype), timesteps.to(device)
 
+        unknown = float(self.unet_config.metadata_unknown_value)
+        md = dropped_metadata(batch["metadata"], drop_md, unknown)
+        anchored = torch.zeros(len(md), dtype=torch.bool)
+        if self.anchor is not None:  # these rows become the guidance anchor's: no caption, anchor fields only
+            anchor_md = anchored_unconditional_metadata(
+                metadata_tensor(batch["metadata"], unknown_value=unknown), self.cfg.anchor_fields, unknown)
+            anchored = (anchor_md != unknown).any(dim=1) & (anchor_draw < self.cfg.anchor_share)
+            md = torch.where(anchored[:, None], anchor_md, md)
+            drop_caption = drop_caption | anchored
+        md = md.to(device)
         captions = ["" if drop else c for c, drop in zip(batch["caption"], drop_caption.tolist())]
         tokens = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
                                 truncation=True, return_tensors="pt").input_ids.to(device)
         text = self.text_encoder(tokens)[0]
-        unknown = float(self.unet_config.metadata_unknown_value)
-        md = dropped_metadata(batch["metadata"], drop_md, unknown).to(device)
 
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         if self.noise_scheduler.config.prediction_type == "v_prediction":
@@ -316,7 +330,9 @@ class Trainer:
         else:
             target = noise
         if self.teacher is not None:
-            target = self._teacher_target(target, batch, noisy, timesteps, captions, drop_md)
+            target = self._teacher_target(target, batch, noisy, timesteps, captions, drop_md, anchored)
+        if anchored.any():
+            target = self._anchor_target(target, anchored, noisy, timesteps)
         if self.controlnet is None:
             pred = self.unet(noisy, timesteps, text, metadata=md).sample
         else:
@@ -326,10 +342,11 @@ class Trainer:
             per_sample = per_sample * self._snr_weights(timesteps)
         return per_sample.mean()
 
-    def _teacher_target(self, target, batch, noisy, timesteps, captions, drop_md) -> torch.Tensor:
+    def _teacher_target(self, target, batch, noisy, timesteps, captions, drop_md, anchored) -> torch.Tensor:
         """Blend ``teacher_model``'s prediction into the target of the samples it is to keep
-        (``distill`` not False), for the same noisy input, dropped caption and dropped metadata."""
-        rows = [i for i, keep in enumerate(batch["distill"]) if keep]
+        (``distill`` not False, not an anchor sample), for the same noisy input, dropped caption and
+        dropped metadata."""
+        rows = [i for i, keep in enumerate(batch["distill"]) if keep and not anchored[i]]
         if not rows:
             return target
         teacher, index = self.teacher, torch.tensor(rows, device=noisy.device)
@@ -341,6 +358,19 @@ class Trainer:
         weight = self.cfg.teacher_weight
         target = target.clone()
         target[index] = (1.0 - weight) * target[index] + weight * pred
+        return target
+
+    def _anchor_target(self, target, anchored, noisy, timesteps) -> torch.Tensor:
+        """The anchor samples' target: ``anchor_model``'s unconditional prediction (empty caption,
+        all-unknown metadata) for the same noisy input and timestep."""
+        anchor, index = self.anchor, anchored.nonzero().flatten().to(noisy.device)
+        with torch.no_grad():
+            text = anchor.encode_prompt([""] * len(index), noisy.device)
+            md = torch.full((len(index), len(METADATA_FIELDS)), float(anchor.unet.config.metadata_unknown_value),
+                            device=noisy.device)
+            pred = anchor.unet(noisy[index], timesteps[index], text, metadata=md).sample.to(target.dtype)
+        target = target.clone()
+        target[index] = pred
         return target
 
     def _controlnet_pred(self, batch, pixels, noisy, timesteps, text, md, drop_md, unknown):
@@ -455,6 +485,11 @@ class Trainer:
         self._check_sample_size(resolution)
         pipe = self._base_pipeline(resume_from)
         self.pipeline = pipe
+        if cfg.anchor_model is not None:  # generation reads the anchor's fields from the saved UNet
+            pipe.unet.register_to_config(guidance_anchor_fields=list(cfg.anchor_fields))
+        elif cfg.task == "generate" and pipe.guidance_anchor_fields:
+            logger.warning("this model's guidance anchor (%s) is not trained in this run (no anchor_model): "
+                           "the negative branch of its guidance will drift", ", ".join(pipe.guidance_anchor_fields))
         self.tokenizer, self.noise_scheduler, self.vae = pipe.tokenizer, pipe.scheduler, pipe.vae
         self.unet_config = pipe.unet.config
         self._latent_cache = {} if (cfg.precompute_latents and pipe.vae is not None) else None
@@ -506,6 +541,7 @@ class Trainer:
                 module.to(acc.device)
         self.unet, self.text_encoder, self.controlnet = modules["unet"], modules["text_encoder"], modules["controlnet"]
         self.teacher = load_teacher(cfg.teacher_model, pipe, acc.device) if cfg.teacher_model else None
+        self.anchor = load_teacher(cfg.anchor_model, pipe, acc.device, "anchor_model") if cfg.anchor_model else None
         self._trained = trained
         ema = None
         if cfg.use_ema:
