@@ -57,6 +57,23 @@ def test_same_seed_reproduces_and_num_images_names_files(tiny_model_dir, tmp_pat
     assert np.abs(a.astype(int) - b1).max() > 0
 
 
+def test_no_anchored_guidance_switches_to_the_all_unknown_negative(tiny_pipeline, tmp_path, capsys):
+    """On a model with a location anchor the two negatives give different images; the sidecar says
+    when the anchored one was turned off. The evaluate flag is refused where it has no meaning."""
+    tiny_pipeline.unet.register_to_config(guidance_anchor_fields=["lon", "lat"])
+    tiny_pipeline.save_pretrained(tmp_path / "anchored")
+    common = ["generate", *ARGS, "--model", str(tmp_path / "anchored")]
+    assert main([*common, "--out", str(tmp_path / "a.png")]) == 0
+    assert main([*common, "--no-anchored-guidance", "--out", str(tmp_path / "p.png")]) == 0
+    anchored, plain = (np.asarray(Image.open(tmp_path / f"{n}.png")).astype(int) for n in "ap")
+    assert np.abs(anchored - plain).max() > 0
+    assert "anchored_guidance" not in json.loads((tmp_path / "a.json").read_text())
+    assert json.loads((tmp_path / "p.json").read_text())["anchored_guidance"] is False
+    code = main(["evaluate", "--task", "superres", "--data", str(tmp_path), "--out", str(tmp_path / "eval"),
+                 "--no-anchored-guidance"])
+    assert code == 2 and "--no-anchored-guidance applies to --task generate only, not superres" in capsys.readouterr().err
+
+
 def test_existing_output_is_never_overwritten(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "x.png"
     out.write_bytes(b"precious")

@@ -127,6 +127,8 @@ def test_same_seed_reproduces_and_scheduler_resets_between_jobs(model_dir, tmp_p
         assert euler["record"]["scheduler"] == "euler"
         assert first["record"]["scheduler"] == again["record"]["scheduler"] == "ddpm"
         assert first_png == again_png
+        plain, plain_png = run(anchored_guidance=False)  # this model has no anchor: the same image, recorded
+        assert plain["record"]["anchored_guidance"] is False and plain_png == first_png
         assert "geotiff" not in first["files"]  # no gsd: not georeferenced, so no GeoTIFF
 
 

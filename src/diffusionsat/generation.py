@@ -43,6 +43,7 @@ class GenerationRequest:
     guidance_scale: float = 3.0
     metadata_guidance_scale: float | None = None
     negative_prompt: str | None = None
+    anchored_guidance: bool = True  # the model's location-anchored negative branch, when it has one
     scheduler: str | None = None
     width: int | None = None
     height: int | None = None
@@ -97,6 +98,7 @@ def generate_images(pipe, request: GenerationRequest, callback: Callable[[int, i
         guidance_scale=request.guidance_scale,
         metadata_guidance_scale=request.metadata_guidance_scale,
         negative_prompt=request.negative_prompt,
+        anchored_guidance=request.anchored_guidance,
         num_images_per_prompt=request.num_images,
         generator=generators,
         callback=callback,
@@ -137,5 +139,6 @@ def _save_one(image, seed: int, request: GenerationRequest, path: OutputPaths, m
         width=image.size[0],
         height=image.size[1],
         model=model if not Path(model).exists() else Path(model).name,
+        extra={} if request.anchored_guidance else {"anchored_guidance": False},
     )
     return save_generated(image, path, record, model_version=model_version, staging=staging)

@@ -44,6 +44,9 @@ def _path(value: str | None) -> Path | None:
 @click.option("--guidance", type=float, default=3.0, show_default=True, help="Guidance scale when generating.")
 @click.option("--metadata-guidance", type=float, default=None,
               help="Separate guidance scale for metadata when generating (--task generate; default: one scale).")
+@click.option("--no-anchored-guidance", "plain_negative", is_flag=True,
+              help="--task generate: guide against the all-unknown branch even where the model has a "
+                   "location-anchored one.")
 @click.option("--scheduler", default=None,
               help="Sampler when generating: ddim, ddpm, dpm++, euler, euler-a, heun, lms, pndm, unipc (default: the model's own).")
 @click.option("--size", type=int, default=None, help="Generated image side in px (default: the model's native size).")
@@ -56,7 +59,8 @@ def _path(value: str | None) -> Path | None:
 @click.option("--lpips-weights", default=None, help="LPIPS learned linear weights (.pth or .safetensors).")
 @click.option("--bootstrap", type=int, default=20, show_default=True, help="Bootstrap resamples for FID intervals (0: none; each costs one FID).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing report in --out.")
-def evaluate(task, data, out, model, generated, compare, num_samples, seed, steps, guidance, metadata_guidance, scheduler,
+def evaluate(task, data, out, model, generated, compare, num_samples, seed, steps, guidance, metadata_guidance,
+             plain_negative, scheduler,
              size, device, domain_encoder, inception, clip, lpips_backbone, lpips_weights, bootstrap, overwrite):
     """Score generated satellite images against real held-out images, with baselines and intervals."""
     require_extra("eval")
@@ -66,7 +70,8 @@ def evaluate(task, data, out, model, generated, compare, num_samples, seed, step
     config = EvaluationConfig(
         task=task, data=Path(data), out=Path(out), model=model, generated=_path(generated), compare=compare,
         num_samples=num_samples, seed=seed, steps=steps, guidance_scale=guidance,
-        metadata_guidance_scale=metadata_guidance, scheduler=scheduler, size=size, device=device,
+        metadata_guidance_scale=metadata_guidance, anchored_guidance=not plain_negative, scheduler=scheduler,
+        size=size, device=device,
         domain_encoder=_path(domain_encoder), inception=_path(inception), clip=_path(clip),
         lpips_backbone=_path(lpips_backbone), lpips_weights=_path(lpips_weights), bootstrap=bootstrap,
         overwrite=overwrite,

@@ -22,13 +22,16 @@ Examples:
 @metadata_options
 @sampling_options
 @click.option("--negative-prompt", default=None, help="Text for the unconditional branch instead of ''.")
+@click.option("--no-anchored-guidance", "plain_negative", is_flag=True,
+              help="Guide against the all-unknown branch even where the model has a location-anchored one "
+                   "(the default model: requests with --lat and --lon; docs/default-model.md).")
 @click.option("--width", type=int, default=None, help="Width in pixels (default: the model's native size).")
 @click.option("--height", type=int, default=None, help="Height in pixels (default: the model's native size).")
 @click.option("--num-images", type=int, default=1, show_default=True, help="Images to generate, [1, 64].")
 @click.option("--out", "out", default=None, help="Output PNG path (default: generated-N.png, first free N).")
 @click.option("--geotiff", is_flag=True, help="Also write a GeoTIFF at lat/lon with the GSD (local UTM zone).")
 def generate(prompt, lat, lon, gsd, cloud_cover, cloud_percent, date, seed, steps, guidance, metadata_guidance,
-             scheduler, model, checkpoint, device, overwrite, negative_prompt, width, height, num_images, out, geotiff):
+             scheduler, model, checkpoint, device, overwrite, negative_prompt, plain_negative, width, height, num_images, out, geotiff):
     """Generate satellite images from a PROMPT and metadata."""
     from ..generation import GenerationRequest, generate_images, save_images
     from ..loading import describe_model, load_pipeline, model_version, resolve_model
@@ -39,6 +42,7 @@ def generate(prompt, lat, lon, gsd, cloud_cover, cloud_percent, date, seed, step
     request = GenerationRequest(
         prompt=prompt, metadata=metadata, seed=seed, steps=steps, guidance_scale=guidance,
         metadata_guidance_scale=metadata_guidance, negative_prompt=negative_prompt, scheduler=scheduler,
+        anchored_guidance=not plain_negative,
         width=width, height=height, num_images=num_images,
     ).validate()
     if geotiff and None in (metadata.lat, metadata.lon, metadata.gsd):

@@ -101,6 +101,7 @@ class EvaluationConfig:
     steps: int = 25
     guidance_scale: float = 3.0
     metadata_guidance_scale: float | None = None
+    anchored_guidance: bool = True  # --task generate: the model's location-anchored negative, when it has one
     scheduler: str | None = None  # a short name of diffusionsat.schedulers; None: the model's own
     size: int | None = None
     device: str = "cpu"
@@ -132,6 +133,8 @@ class EvaluationConfig:
                 raise ValueError(f"--metadata-guidance applies to --task generate only, not {self.task}")
             if not math.isfinite(self.metadata_guidance_scale) or self.metadata_guidance_scale < 0:
                 raise ValueError(f"metadata_guidance_scale={self.metadata_guidance_scale!r}: must be a finite number >= 0")
+        if not self.anchored_guidance and self.task != "generate":
+            raise ValueError(f"--no-anchored-guidance applies to --task generate only, not {self.task}")
         if self.scheduler is not None:
             if self.generated is not None and not (self.compare is not None and is_model_folder(self.compare)):
                 raise ValueError("--scheduler applies when evaluate generates the images (--model, or a model "
@@ -204,7 +207,7 @@ def _metadata_at(rec: EvalRecord, real_side: int, side: int):
 def generate_for_records(
     model: str, records: list[EvalRecord], out_dir: Path, *, seed: int, steps: int, guidance_scale: float,
     size: int | None, device: str, overwrite: bool, metadata_guidance_scale: float | None = None,
-    scheduler: str | None = None,
+    scheduler: str | None = None, anchored_guidance: bool = True,
 ) -> Path:
     """Run the text+metadata pipeline once per record (seed + i) and save PNG + sidecar as ``{key}.png``.
 
@@ -229,13 +232,14 @@ def generate_for_records(
         request = GenerationRequest(
             prompt=rec.caption, metadata=_metadata_at(rec, real_side, side), seed=seed + i, steps=steps,
             guidance_scale=guidance_scale, metadata_guidance_scale=metadata_guidance_scale, width=side, height=side,
+            anchored_guidance=anchored_guidance,
         )
         images, seeds, used = generate_images(pipe, request)
         record = GenerationRecord(
             prompt=request.prompt, metadata=request.metadata, seed=seeds[0], steps=steps, guidance_scale=guidance_scale,
             metadata_guidance_scale=metadata_guidance_scale,
             scheduler=used, width=side, height=side, model=Path(location).name,
-            extra={"scene": rec.scene, "eval_key": rec.key},
+            extra={"scene": rec.scene, "eval_key": rec.key, **({} if anchored_guidance else {"anchored_guidance": False})},
         )
         paths = OutputPaths(png=out_dir / f"{rec.key}.png", sidecar=out_dir / f"{rec.key}.json")
         save_generated(images[0], paths, record, model_version=version, overwrite=overwrite)
@@ -644,7 +648,8 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
                 folder = generate_conditional_for_records(str(source), config.task, records, target, **options)
             else:
                 folder = generate_for_records(str(source), records, target, size=config.size,
-                                              metadata_guidance_scale=config.metadata_guidance_scale, **options)
+                                              metadata_guidance_scale=config.metadata_guidance_scale,
+                                              anchored_guidance=config.anchored_guidance, **options)
             folders.append((role_name, folder, str(source)))
         else:
             folders.append((role_name, Path(source), str(source)))
@@ -688,6 +693,7 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
         "seed": config.seed,
         "generation": {"steps": config.steps, "guidance_scale": config.guidance_scale,
                        "metadata_guidance_scale": config.metadata_guidance_scale,
+                       "anchored_guidance": config.anchored_guidance,
                        "scheduler": config.scheduler} if config.generated is None else None,
         "rows": [{"name": c.name, "role": c.role, "description": c.description, "source": c.source} for c in candidates],
         "networks": nets.status,

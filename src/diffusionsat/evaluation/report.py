@@ -99,6 +99,8 @@ def _generation_line(generation: dict[str, Any] | None) -> list[str]:
     line = f"- generated with {generation['steps']} steps, guidance {generation['guidance_scale']:g}"
     if generation.get("metadata_guidance_scale") is not None:
         line += f", metadata guidance {generation['metadata_guidance_scale']:g}"
+    if generation.get("anchored_guidance") is False:
+        line += ", all-unknown negative (--no-anchored-guidance)"
     if generation.get("scheduler") is not None:
         line += f", scheduler {generation['scheduler']}"
     return [line]

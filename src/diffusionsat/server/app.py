@@ -117,6 +117,9 @@ class GenerateBody(BaseModel):
     guidance_scale: float | None = Field(None, description="Classifier-free guidance, [0, 50].")
     metadata_guidance_scale: float | None = Field(None, description="Separate metadata guidance, [0, 50].")
     negative_prompt: str | None = None
+    anchored_guidance: bool = Field(True, description=(
+        "Guide against the model's location-anchored branch when the request gives lat and lon and the "
+        "model has one (the default model does); false: the all-unknown branch."))
     scheduler: str | None = Field(None, description="ddim, ddpm, dpm++, euler, euler-a, heun, lms, pndm, unipc.")
     width: int | None = Field(None, description="Pixels; a multiple of the model's size multiple (GET /v1/model).")
     height: int | None = None
