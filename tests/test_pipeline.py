@@ -48,15 +48,21 @@ def test_metadata_changes_the_image(tiny_pipeline):
     assert np.abs(summer - unknown).max() > 1e-5
 
 
-def test_unconditional_branch_uses_models_unknown_value(tiny_pipeline, monkeypatch):
+def spy_metadata(pipe, monkeypatch) -> list[torch.Tensor]:
+    """Record the metadata of every UNet call (all CFG branches of a step in one batch)."""
     seen = []
-    original = tiny_pipeline.unet.forward
+    original = pipe.unet.forward
 
     def spy(*args, **kwargs):
         seen.append(kwargs["metadata"].clone())
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(tiny_pipeline.unet, "forward", spy)
+    monkeypatch.setattr(pipe.unet, "forward", spy)
+    return seen
+
+
+def test_unconditional_branch_uses_models_unknown_value(tiny_pipeline, monkeypatch):
+    seen = spy_metadata(tiny_pipeline, monkeypatch)
     run(tiny_pipeline, guidance_scale=4.0, num_inference_steps=1)
     md = seen[0]
     assert md.shape == (2, 7)
@@ -72,14 +78,7 @@ def test_anchored_guidance_keeps_the_trained_fields_in_the_negative_branch(tiny_
     tiny_pipeline.save_pretrained(tmp_path / "anchored")
     pipe = DiffusionSatPipeline.from_pretrained(tmp_path / "anchored")
     assert pipe.guidance_anchor_fields == ("lon", "lat")
-    seen = []
-    original = pipe.unet.forward
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs["metadata"].clone())
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(pipe.unet, "forward", spy)
+    seen = spy_metadata(pipe, monkeypatch)
     located, unlocated = MD, SatMetadata(lat=47.0, gsd=5.0)
     pipe(["a", "b"], metadata=[located, unlocated], guidance_scale=4.0, num_inference_steps=1, output_type="np")
     full = torch.tensor(located.normalize(OUR_UNKNOWN_VALUE))
