@@ -247,6 +247,7 @@ class Trainer:
         self.state = TrainState()
         self.teacher: DiffusionSatPipeline | None = None
         self.anchor: DiffusionSatPipeline | None = None
+        self._anchor_null: torch.Tensor | None = None
         self.loss_history: list[float] = []
 
     # --- set-up --------------------------------------------------------------------------------
@@ -364,8 +365,10 @@ class Trainer:
         """The anchor samples' target: ``anchor_model``'s unconditional prediction (empty caption,
         all-unknown metadata) for the same noisy input and timestep."""
         anchor, index = self.anchor, anchored.nonzero().flatten().to(noisy.device)
+        if self._anchor_null is None:  # the empty prompt's embedding is the same at every step
+            self._anchor_null = anchor.encode_prompt([""], noisy.device)
         with torch.no_grad():
-            text = anchor.encode_prompt([""] * len(index), noisy.device)
+            text = self._anchor_null.expand(len(index), -1, -1)
             md = torch.full((len(index), len(METADATA_FIELDS)), float(anchor.unet.config.metadata_unknown_value),
                             device=noisy.device)
             pred = anchor.unet(noisy[index], timesteps[index], text, metadata=md).sample.to(target.dtype)
