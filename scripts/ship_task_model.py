@@ -11,11 +11,19 @@ When the default model itself is retrained, its ControlNets move with it in thre
     python scripts/ship_task_model.py --task superres --run runs/rebase-superres --base runs/stage-v4
     python scripts/ship_task_model.py --install runs/stage-v4
 
+A ControlNet that scores as well on the new UNet without retraining (a rebase can do worse than none)
+is kept instead, on the evidence of an ``evaluate`` report of the staged folder for its task:
+
+    diffusionsat evaluate --task temporal --model runs/stage-v4 --data heldout-temporal --out eval-temporal-v4
+    python scripts/ship_task_model.py --keep temporal --report eval-temporal-v4/report.json --base runs/stage-v4
+
 ``--stage`` copies the shipped folder and puts the new model's UNet, text encoder, tokenizer and
 scheduler in, keeping the shipped ControlNets (so ``controlnet_init: base`` fine-tunes them from
 the old base's weights); ``--install`` replaces the package's folder with the staged one once every
 task's ControlNet there has been retrained on the staged UNet (each ``training.json`` records the
-UNet's digest), so the package never holds a ControlNet beside a UNet it was not trained on.
+UNet's digest) or kept after being measured on it (``measured_on`` in ``training.json``: the UNet's
+digest and the report's numbers), so the package never holds a ControlNet beside a UNet it was
+neither trained nor measured on.
 
 The run's final model (``RUN/model``: the frozen base + ``controlnet/``, EMA weights) must have been
 trained on the embedded default model: its UNet must equal the shipped one bit for bit, so only the
@@ -38,7 +46,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from diffusionsat.fileio import atomic_dir
+from diffusionsat.fileio import atomic_dir, atomic_write_text
 from diffusionsat.loading import default_model_path
 
 TASKS = ("superres", "temporal", "inpaint")
@@ -115,15 +123,46 @@ def stage(model: Path, out: Path, base: Path) -> Path:
 
 
 def stale_controlnets(folder: Path) -> list[str]:
-    """The tasks whose shipped ControlNet in ``folder`` was not trained on that folder's UNet."""
+    """The tasks whose shipped ControlNet in ``folder`` was neither trained nor measured on its UNet."""
     digest = unet_digest(folder)
     stale = []
     for task in TASKS:
         record = folder / f"controlnet_{task}" / "training.json"
         summary = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
-        if summary.get("base_unet_sha256") != digest:
+        if digest not in (summary.get("base_unet_sha256"), summary.get("measured_on", {}).get("base_unet_sha256")):
             stale.append(task)
     return stale
+
+
+def keep(task: str, report_path: Path, base: Path) -> Path:
+    """Keep ``base``'s ControlNet for ``task`` as it is, on the evidence of an evaluate report of ``base``.
+
+    The report must be ``diffusionsat evaluate --task TASK --model BASE``'s; its model-row numbers and
+    the UNet's digest go into the ControlNet's ``training.json`` as ``measured_on`` (what it was
+    trained on stays recorded as it was).
+    """
+    target = base / f"controlnet_{task}"
+    if not (target / "config.json").is_file():
+        raise SystemExit(f"{target}: no ControlNet to keep")
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"--report {report_path}: not a readable evaluate report.json ({err})") from None
+    if report.get("task") != task:
+        raise SystemExit(f"--report {report_path}: evaluates task {report.get('task')!r}, not {task!r}")
+    sources = [row.get("source") for row in report.get("rows", []) if row.get("role") == "model"]
+    if not sources or sources[0] is None or Path(sources[0]).resolve() != base.resolve():
+        raise SystemExit(f"--report {report_path}: its model is {sources[0] if sources else None!r}, not {str(base)!r} "
+                         f"(run `diffusionsat evaluate --task {task} --model {base} ...`)")
+    metrics = {name: table["rows"]["model"]["value"] for name, table in report.get("metrics", {}).items()
+               if table.get("rows", {}).get("model", {}).get("value") is not None}
+    record = target / "training.json"
+    summary = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {"task": task}
+    summary["measured_on"] = {"base_unet_sha256": unet_digest(base), "data": report.get("data"),
+                              "num_records": report.get("num_records"), "created": report.get("created"),
+                              "generation": report.get("generation"), "metrics": metrics}
+    atomic_write_text(record, json.dumps(summary, indent=2) + "\n", overwrite=True)
+    return target
 
 
 def install(staged: Path, base: Path) -> Path:
@@ -133,7 +172,8 @@ def install(staged: Path, base: Path) -> Path:
     stale = stale_controlnets(staged)
     if stale:
         raise SystemExit(f"{staged}: ControlNet(s) {', '.join(stale)} not retrained on its UNet yet "
-                         f"(ship each with --task T --run RUN --base {staged})")
+                         f"(ship each with --task T --run RUN --base {staged}, or measure it there and "
+                         f"--keep T --report REPORT --base {staged})")
     with atomic_dir(base, overwrite=True) as tmp:
         shutil.copytree(staged, tmp, dirs_exist_ok=True)
     return base
@@ -145,8 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--task", choices=TASKS, help="Ship this task's ControlNet from --run.")
     mode.add_argument("--stage", type=Path, metavar="MODEL", help="Stage a retrained default model (into --out).")
     mode.add_argument("--install", type=Path, metavar="STAGED", help="Make a staged folder the package's.")
+    mode.add_argument("--keep", choices=TASKS, help="Keep --base's ControlNet for this task as it is, on the "
+                      "evidence of --report (an evaluate report of --base).")
     parser.add_argument("--run", type=Path, help="Training run folder (holds model/), with --task.")
     parser.add_argument("--out", type=Path, help="The new staging folder, with --stage.")
+    parser.add_argument("--report", type=Path, help="evaluate's report.json for --base and the task, with --keep.")
     parser.add_argument("--base", type=Path, default=None, help="Default-model folder (default: the package's).")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
@@ -158,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.install is not None:
         logging.info("installed %s as %s", args.install, install(args.install, base))
+        return 0
+    if args.keep is not None:
+        if args.report is None or args.base is None:
+            parser.error("--keep needs --report (evaluate's report.json) and --base (the staged folder)")
+        logging.info("kept %s, measured on its UNet", keep(args.keep, args.report, base))
         return 0
     if args.run is None:
         parser.error("--task needs --run (the training run folder)")

@@ -65,6 +65,60 @@ def test_stage_retrain_ship_install_moves_controlnets_with_their_base(ship, tiny
     assert record["base_unet_sha256"] == ship.unet_digest(retrained) and record["steps"] == 5
 
 
+def evaluate_report(task: str, model: Path, folder: Path, psnr: float = 21.5) -> Path:
+    """The parts of `diffusionsat evaluate`'s report.json that --keep reads."""
+    report = {"task": task, "data": "heldout", "num_records": 4, "created": "2026-12-06T00:00:00+00:00",
+              "generation": {"steps": 25, "guidance_scale": 3.0},
+              "rows": [{"name": "model", "role": "model", "source": str(model)},
+                       {"name": "real-vs-real", "role": "floor", "source": None}],
+              "metrics": {"psnr": {"rows": {"model": {"value": psnr}, "real-vs-real": {"value": None}}},
+                          "domain_fid": {"rows": {"real-vs-real": {"value": 2.7}}}}}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(json.dumps(report))
+    return folder / "report.json"
+
+
+def test_keep_a_controlnet_measured_on_the_new_unet_instead_of_retraining(ship, tiny_pipeline, tmp_path):
+    base = tmp_path / "package-default-model"
+    tiny_pipeline.save_pretrained(base)
+    for task in ship.TASKS:
+        ship.ship(task, trained_run(tiny_pipeline, tmp_path / f"run-{task}", task), base)
+    trained_on = ship.unet_digest(base)
+    with torch.no_grad():
+        for p in tiny_pipeline.unet.parameters():
+            p.add_(0.01)
+    tiny_pipeline.save_pretrained(tmp_path / "v4")
+    staged = ship.stage(tmp_path / "v4", tmp_path / "stage-v4", base)
+
+    for bad, message in [(evaluate_report("superres", staged, tmp_path / "e1"), "evaluates task 'superres', not 'temporal'"),
+                         (evaluate_report("temporal", base, tmp_path / "e2"), "its model is .*package-default-model"),
+                         (tmp_path / "missing.json", "not a readable evaluate report")]:
+        with pytest.raises(SystemExit, match=message):
+            ship.keep("temporal", bad, staged)
+    assert sorted(ship.stale_controlnets(staged)) == sorted(ship.TASKS)  # nothing recorded by a refusal
+
+    report = evaluate_report("temporal", staged, tmp_path / "eval-temporal", psnr=19.0)
+    assert ship.main(["--keep", "temporal", "--report", str(report), "--base", str(staged)]) == 0
+    record = json.loads((staged / "controlnet_temporal" / "training.json").read_text())
+    assert record["base_unet_sha256"] == trained_on  # what it was trained on stays as it was
+    assert record["measured_on"]["base_unet_sha256"] == ship.unet_digest(staged)
+    assert record["measured_on"]["metrics"] == {"psnr": 19.0} and record["measured_on"]["num_records"] == 4
+    assert sorted(ship.stale_controlnets(staged)) == ["inpaint", "superres"]
+    with pytest.raises(SystemExit, match="superres, inpaint not retrained.*--keep T --report"):
+        ship.install(staged, base)
+
+    for task in ("superres", "inpaint"):
+        ship.ship(task, trained_run(tiny_pipeline, tmp_path / f"rebase-{task}", task), staged)
+    ship.install(staged, base)
+    assert ship.stale_controlnets(base) == []
+
+    with torch.no_grad():  # the next base: a kept ControlNet is stale again until re-measured or retrained
+        for p in tiny_pipeline.unet.parameters():
+            p.add_(0.01)
+    tiny_pipeline.save_pretrained(tmp_path / "v5")
+    assert "temporal" in ship.stale_controlnets(ship.stage(tmp_path / "v5", tmp_path / "stage-v5", base))
+
+
 def test_stage_refuses_a_folder_that_is_not_a_default_model(ship, tiny_pipeline, tmp_path):
     tiny_pipeline.save_pretrained(tmp_path / "base")
     (tmp_path / "half").mkdir()
@@ -74,7 +128,7 @@ def test_stage_refuses_a_folder_that_is_not_a_default_model(ship, tiny_pipeline,
     assert not (tmp_path / "out").exists()
 
 
-def test_every_shipped_controlnet_records_the_shipped_unet(ship):
+def test_every_shipped_controlnet_was_trained_or_measured_on_the_shipped_unet(ship):
     from diffusionsat.loading import default_model_path, has_default_model
 
     if not has_default_model():
