@@ -65,6 +65,12 @@ def unet_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def training_record(folder: Path) -> dict:
+    """A run's model or a shipped ControlNet folder's ``training.json`` ({} when it has none)."""
+    record = folder / "training.json"
+    return json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
+
+
 def same_base(model: Path, base: Path) -> bool:
     """Whether the run's frozen UNet is the shipped one (every tensor equal)."""
     ours, shipped = load_file(model / UNET_WEIGHTS), load_file(base / UNET_WEIGHTS)
@@ -81,9 +87,7 @@ def ship(task: str, run: Path, base: Path) -> Path:
     target = base / f"controlnet_{task}"
     card = target / "MODEL_CARD.md"
     keep_card = card.read_text(encoding="utf-8") if card.is_file() else None
-    training = json.loads((model / "training.json").read_text(encoding="utf-8")) if (model / "training.json").is_file() else {}
-    shipped = target / "training.json"
-    previous = json.loads(shipped.read_text(encoding="utf-8")) if shipped.is_file() else None
+    training, previous = training_record(model), training_record(target)
     with atomic_dir(target, overwrite=True) as tmp:
         shutil.copyfile(controlnet / "diffusion_pytorch_model.safetensors", tmp / "diffusion_pytorch_model.safetensors")
         config = json.loads((controlnet / "config.json").read_text(encoding="utf-8"))
@@ -99,7 +103,7 @@ def ship(task: str, run: Path, base: Path) -> Path:
                 summary["sr_pairs"] = cfg["sr_pairs"]
             if cfg.get("controlnet_init"):  # a fine-tuning stage: keep the lineage of what it started from
                 summary["controlnet_init"] = cfg["controlnet_init"]
-                if cfg["controlnet_init"] == "base" and previous is not None:
+                if cfg["controlnet_init"] == "base" and previous:
                     summary["started_from"] = previous
             (tmp / "training.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         if keep_card is not None:
@@ -127,8 +131,7 @@ def stale_controlnets(folder: Path) -> list[str]:
     digest = unet_digest(folder)
     stale = []
     for task in TASKS:
-        record = folder / f"controlnet_{task}" / "training.json"
-        summary = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
+        summary = training_record(folder / f"controlnet_{task}")
         if digest not in (summary.get("base_unet_sha256"), summary.get("measured_on", {}).get("base_unet_sha256")):
             stale.append(task)
     return stale
@@ -156,12 +159,11 @@ def keep(task: str, report_path: Path, base: Path) -> Path:
                          f"(run `diffusionsat evaluate --task {task} --model {base} ...`)")
     metrics = {name: table["rows"]["model"]["value"] for name, table in report.get("metrics", {}).items()
                if table.get("rows", {}).get("model", {}).get("value") is not None}
-    record = target / "training.json"
-    summary = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {"task": task}
+    summary = training_record(target) or {"task": task}
     summary["measured_on"] = {"base_unet_sha256": unet_digest(base), "data": report.get("data"),
                               "num_records": report.get("num_records"), "created": report.get("created"),
                               "generation": report.get("generation"), "metrics": metrics}
-    atomic_write_text(record, json.dumps(summary, indent=2) + "\n", overwrite=True)
+    atomic_write_text(target / "training.json", json.dumps(summary, indent=2) + "\n", overwrite=True)
     return target
 
 

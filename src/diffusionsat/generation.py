@@ -74,6 +74,10 @@ class GenerationRequest:
             raise ValueError(f"seed={self.seed!r}: must be an integer in [0, 2^63)")
         return self
 
+    def sidecar_extra(self) -> dict[str, bool]:
+        """What a sidecar records beyond the record's own fields: the negative branch, when not the default."""
+        return {} if self.anchored_guidance else {"anchored_guidance": False}
+
     def seeds(self) -> list[int]:
         """One seed per image (``seed + i``), so each image can be reproduced on its own."""
         base = self.seed if self.seed is not None else random.SystemRandom().randrange(2**31)
@@ -139,6 +143,6 @@ def _save_one(image, seed: int, request: GenerationRequest, path: OutputPaths, m
         width=image.size[0],
         height=image.size[1],
         model=model if not Path(model).exists() else Path(model).name,
-        extra={} if request.anchored_guidance else {"anchored_guidance": False},
+        extra=request.sidecar_extra(),
     )
     return save_generated(image, path, record, model_version=model_version, staging=staging)

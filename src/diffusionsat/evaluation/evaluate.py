@@ -239,7 +239,7 @@ def generate_for_records(
             prompt=request.prompt, metadata=request.metadata, seed=seeds[0], steps=steps, guidance_scale=guidance_scale,
             metadata_guidance_scale=metadata_guidance_scale,
             scheduler=used, width=side, height=side, model=Path(location).name,
-            extra={"scene": rec.scene, "eval_key": rec.key, **({} if anchored_guidance else {"anchored_guidance": False})},
+            extra={"scene": rec.scene, "eval_key": rec.key, **request.sidecar_extra()},
         )
         paths = OutputPaths(png=out_dir / f"{rec.key}.png", sidecar=out_dir / f"{rec.key}.json")
         save_generated(images[0], paths, record, model_version=version, overwrite=overwrite)
@@ -693,7 +693,7 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
         "seed": config.seed,
         "generation": {"steps": config.steps, "guidance_scale": config.guidance_scale,
                        "metadata_guidance_scale": config.metadata_guidance_scale,
-                       "anchored_guidance": config.anchored_guidance,
+                       **({"anchored_guidance": config.anchored_guidance} if config.task == "generate" else {}),
                        "scheduler": config.scheduler} if config.generated is None else None,
         "rows": [{"name": c.name, "role": c.role, "description": c.description, "source": c.source} for c in candidates],
         "networks": nets.status,
